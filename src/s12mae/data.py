@@ -1,0 +1,174 @@
+"""Datasets and the step-keyed batch order of pretraining.
+
+A sample is a ``dict[str, Tensor]`` keyed by sensor (standardised ``(C, H, W)`` float32), plus
+``"index"`` (its global index in the dataset) and, under the ``mask`` nodata policy,
+``"valid.<sensor>"`` bool maps. The batch order is a pure function of (seed, task step): the
+global batch of a step is a slice of a per-epoch permutation, each rank takes its contiguous
+share and each micro-batch a slice of that, so resuming at step ``s`` needs nothing but ``s`` and
+1 process or N ranks see the same global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from s12mae.sensors import SensorSpec, get_sensor
+
+__all__ = ["ArrayDataset", "StepOrder", "load_arrays", "task_loader"]
+
+
+class ArrayDataset(Dataset):
+    """Samples from arrays with a leading sample axis (in memory or memory-mapped).
+
+    Args:
+        arrays: ``{key: (N, ...)}``; sensor keys hold file values (DN), other keys (labels) are
+            passed through as tensors.
+        sensors: specs of the sensor keys to serve (others in ``arrays`` are served as-is only if
+            listed in ``extra_keys``).
+        nodata: ``error`` raises on nodata/non-finite values naming the sample; ``mask`` fills
+            them with 0 and adds ``valid.<sensor>``.
+        extra_keys: non-sensor arrays to include (labels).
+        source: name of the data source for error messages.
+    """
+
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        sensors: Sequence[SensorSpec],
+        nodata: Literal["error", "mask"] = "error",
+        extra_keys: Sequence[str] = (),
+        source: str = "dataset",
+    ) -> None:
+        missing = [s.key for s in sensors if s.key not in arrays] + [k for k in extra_keys if k not in arrays]
+        if missing:
+            raise ValueError(f"{source}: has no array(s) {missing}; it holds {sorted(arrays)}")
+        lengths = {k: len(arrays[k]) for k in [s.key for s in sensors] + list(extra_keys)}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"{source}: arrays disagree on the number of samples: {lengths}")
+        for spec in sensors:
+            shape = arrays[spec.key].shape
+            if len(shape) != 4 or shape[1] != spec.num_channels:
+                raise ValueError(
+                    f"{source}: {spec.key} has shape {shape}, expected (N, {spec.num_channels}, H, W) "
+                    f"with bands {spec.band_names}"
+                )
+        self.arrays = arrays
+        self.sensors = list(sensors)
+        self.nodata = nodata
+        self.extra_keys = list(extra_keys)
+        self.source = source
+        self.length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample: dict[str, torch.Tensor] = {"index": torch.tensor(index, dtype=torch.int64)}
+        for spec in self.sensors:
+            x = spec.normalize(spec.to_units(torch.from_numpy(np.array(self.arrays[spec.key][index]))))
+            ok = torch.isfinite(x)
+            if self.nodata == "error" and not bool(ok.all()):
+                bad = int((~ok).sum())
+                raise ValueError(
+                    f"{self.source}: sample {index} has {bad} nodata/non-finite value(s) in {spec.key}; "
+                    "set data.nodata=mask to leave them out of the loss"
+                )
+            if self.nodata == "mask":
+                sample[f"valid.{spec.key}"] = ok
+                x = torch.where(ok, x, 0.0)
+            sample[spec.key] = x
+        for key in self.extra_keys:
+            sample[key] = torch.from_numpy(np.array(self.arrays[key][index]))
+        return sample
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Memory-map a dataset folder written by ``s12mae simulate``."""
+    from s12mae.simulate import load_simulated
+
+    arrays, _ = load_simulated(path)
+    return arrays
+
+
+class StepOrder:
+    """Global batch of every step: slices of per-epoch permutations of ``range(num_samples)``.
+
+    Args:
+        num_samples: dataset size.
+        batch_size: global batch per step.
+        seed: run seed; the permutation of epoch ``e`` is seeded by ``(seed, e)``.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int) -> None:
+        if num_samples < 1:
+            raise ValueError("the dataset is empty")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        return self._perms[epoch]
+
+    def global_batch(self, step: int) -> np.ndarray:
+        """Dataset indices of the whole batch of (task) step ``step``."""
+        pos = np.arange(step * self.batch_size, (step + 1) * self.batch_size, dtype=np.int64)
+        epochs, offsets = np.divmod(pos, self.num_samples)
+        return np.array([self._perm(int(e))[o] for e, o in zip(epochs, offsets)], dtype=np.int64)
+
+    def micro_batches(self, step: int, rank: int, world: int, micro: int) -> list[list[int]]:
+        """This rank's micro-batches of step ``step``."""
+        share = self.batch_size // world
+        mine = self.global_batch(step)[rank * share : (rank + 1) * share]
+        return [mine[i : i + micro].tolist() for i in range(0, share, micro)]
+
+
+class _StepBatchSampler:
+    """Yields this rank's micro-batches for the given (task-local) steps, in order."""
+
+    def __init__(self, order: StepOrder, steps: Sequence[int], rank: int, world: int, micro: int) -> None:
+        self.order, self.steps, self.rank, self.world, self.micro = order, steps, rank, world, micro
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in self.steps:
+            yield from self.order.micro_batches(step, self.rank, self.world, self.micro)
+
+    def __len__(self) -> int:
+        return len(self.steps) * (self.order.batch_size // self.world // self.micro)
+
+
+def task_loader(
+    dataset: Dataset,
+    task_steps: Sequence[int],
+    batch_size: int,
+    micro_batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 0,
+) -> DataLoader:
+    """Loader of one task's micro-batches for its task-local steps ``task_steps``."""
+    order = StepOrder(len(dataset), batch_size, seed)
+    sampler = _StepBatchSampler(order, task_steps, rank, world, micro_batch_size)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def sensor_specs(keys: Sequence[str], stats: str | None) -> list[SensorSpec]:
+    """Specs of ``keys`` with statistics from ``stats`` (or the shipped defaults)."""
+    return [get_sensor(k, stats) for k in keys]

@@ -1,0 +1,48 @@
+"""Export and load pretrained encoders (safetensors with the architecture in its metadata)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from s12mae.models.vit import ViTEncoder, build_encoder
+
+__all__ = ["load_encoder", "save_encoder"]
+
+
+def save_encoder(encoder: ViTEncoder, path: Path, cfg: Any) -> None:
+    """Write the encoder's weights with the metadata needed to rebuild it (atomically)."""
+    meta = {
+        "format": "s12mae-encoder-1",
+        "encoder": cfg.model.encoder,
+        "img_size": str(cfg.model.img_size),
+        "in_chans": json.dumps(encoder.in_chans),
+        "method": cfg.method,
+    }
+    weights = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    save_file(weights, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_encoder(path: str | Path) -> ViTEncoder:
+    """Rebuild an encoder written by :func:`save_encoder`."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        weights = load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{path}: unreadable encoder file ({err})") from None
+    if meta.get("format") != "s12mae-encoder-1":
+        raise ValueError(f"{path}: not an s12mae encoder file (metadata {meta})")
+    encoder = build_encoder(meta["encoder"], json.loads(meta["in_chans"]), int(meta["img_size"]))
+    encoder.load_state_dict(weights)
+    return encoder

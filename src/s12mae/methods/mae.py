@@ -1,0 +1,201 @@
+"""Baseline masked autoencoder on one sensor (He et al. 2022; the paper's S2-only baseline).
+
+Per sample, a random ``mask_ratio`` of the patches is hidden (argsort of keyed noise), the
+encoder sees the visible patches only, a decoder fills in mask tokens and predicts every patch,
+and the loss is the MSE over the masked patches (optionally against per-patch normalised
+targets). Reads like the MAE paper: ``random_masking``, ``forward_encoder``,
+``forward_decoder``, ``forward_loss``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from s12mae.methods.base import Batch, check_sensor_input, masked_sq_error
+from s12mae.models.decoder import ViTDecoder, build_decoder
+from s12mae.models.patches import patchify, unpatchify
+from s12mae.models.vit import ViTEncoder
+from s12mae.rng import keyed_uniform
+
+__all__ = ["MAE", "random_masking", "patch_targets"]
+
+STREAM_MASK = 1  # keyed-random stream of MAE masks
+
+
+def random_masking(
+    seed: int, step: int, index: torch.Tensor, length: int, mask_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random masking by argsort of keyed noise.
+
+    Args:
+        seed: run seed.
+        step: optimizer step.
+        index: ``(N,)`` global sample indices.
+        length: tokens per sample ``L``.
+        mask_ratio: fraction hidden; ``int(L * (1 - mask_ratio))`` tokens stay visible.
+
+    Returns:
+        ``ids_keep (N, L_vis)``, ``mask (N, L)`` with 1 = hidden, ``ids_restore (N, L)``.
+    """
+    n_keep = int(length * (1 - mask_ratio))
+    if n_keep < 1:
+        raise ValueError(f"mask ratio {mask_ratio} leaves no visible patch out of {length}")
+    noise = keyed_uniform(seed, STREAM_MASK, step, index, length)
+    ids_shuffle = torch.argsort(noise, dim=1, stable=True)
+    ids_restore = torch.argsort(ids_shuffle, dim=1, stable=True)
+    mask = torch.ones(noise.shape, device=noise.device)
+    mask[:, :n_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return ids_shuffle[:, :n_keep], mask, ids_restore
+
+
+def patch_targets(
+    imgs: torch.Tensor, valid: torch.Tensor | None, patch_size: int, norm_pix: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened target patches and their validity, ``(N, L, p*p*C)`` each.
+
+    With ``norm_pix`` each patch is standardised by its own mean and variance over valid values
+    (MAE's ``norm_pix_loss``).
+    """
+    target = patchify(imgs, patch_size)
+    ok = torch.ones_like(target) if valid is None else patchify(valid.to(target.dtype), patch_size)
+    if norm_pix:
+        count = ok.sum(-1, keepdim=True).clamp_min(1)
+        clean = torch.nan_to_num(target) * ok
+        mean = clean.sum(-1, keepdim=True) / count
+        var = (((clean - mean) * ok) ** 2).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    return target, ok
+
+
+class MAE(nn.Module):
+    """Masked autoencoder of one sensor's images.
+
+    Args:
+        encoder: the (shared) ViT encoder; must have a patch embedding for ``sensor``.
+        sensor: sensor key of the input, e.g. ``"s2_l1c"``.
+        decoder: decoder variant name (see ``DECODERS``).
+        mask_ratio: fraction of patches hidden from the encoder.
+        norm_pix_loss: per-patch normalised targets.
+        seed: seed of the keyed masks.
+    """
+
+    tasks: tuple[str, ...] = ("mae",)
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        sensor: str = "s2_l1c",
+        decoder: str = "vitlite_512d6b",
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        self.encoder = encoder
+        self.sensor = sensor
+        self.channels = encoder.in_chans[sensor]
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.seed = seed
+        p = encoder.patch_size
+        self.decoder: ViTDecoder = build_decoder(decoder, encoder.embed_dim, encoder.grid, p * p * self.channels)
+
+    def term_weights(self, task: str) -> dict[str, float]:
+        return {self.sensor: 1.0}
+
+    def task_sensors(self, task: str) -> list[str]:
+        return [self.sensor]
+
+    def random_masking(self, step: int, index: torch.Tensor, length: int):
+        return random_masking(self.seed, step, index, length, self.mask_ratio)
+
+    def forward_encoder(
+        self, imgs: torch.Tensor, step: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode the visible patches.
+
+        Args:
+            imgs: ``(N, C, H, W)`` standardised images.
+            step: optimizer step (keys the mask).
+            index: ``(N,)`` global sample indices (key the mask).
+
+        Returns:
+            latent ``(N, 1 + L_vis, D)``, mask ``(N, L)`` (1 = hidden), ids_restore ``(N, L)``.
+        """
+        tokens = self.encoder.embed(imgs, self.sensor)
+        ids_keep, mask, ids_restore = self.random_masking(step, index, tokens.shape[1])
+        visible = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self.encoder.forward_tokens(visible), mask, ids_restore
+
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """Predict all patches: latent ``(N, 1 + L_vis, D)`` -> ``(N, L, p*p*C)``."""
+        return self.decoder(latent, grid, ids_restore)
+
+    def forward_loss(
+        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared error summed over the masked, valid values, and their count.
+
+        Args:
+            imgs: ``(N, C, H, W)`` targets.
+            pred: ``(N, L, p*p*C)``.
+            mask: ``(N, L)``, 1 = hidden (counted).
+            valid: ``(N, C, H, W)`` bool or ``None`` (all valid).
+        """
+        target, ok = patch_targets(imgs, valid, self.encoder.patch_size, self.norm_pix_loss)
+        return masked_sq_error(pred, target, ok * mask.unsqueeze(-1))
+
+    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        imgs = check_sensor_input(self, batch, self.sensor)
+        return imgs, batch.get(f"valid.{self.sensor}"), self.encoder.patch_grid(*imgs.shape[-2:])
+
+    def denominators(self, batch: Batch, task: str, step: int) -> dict[str, torch.Tensor]:
+        imgs, valid, (gh, gw) = self._inputs(batch)
+        _, mask, _ = self.random_masking(step, batch["index"], gh * gw)
+        p = self.encoder.patch_size
+        per_patch = (
+            torch.full_like(mask, p * p * self.channels)
+            if valid is None
+            else patchify(valid.float(), p).sum(-1)
+        )
+        return {self.sensor: (per_patch * mask).sum()}
+
+    def forward(self, batch: Batch, task: str = "mae", step: int = 0) -> dict[str, torch.Tensor]:
+        imgs, valid, grid = self._inputs(batch)
+        latent, mask, ids_restore = self.forward_encoder(imgs, step, batch["index"])
+        pred = self.forward_decoder(latent, ids_restore, grid)
+        num, _ = self.forward_loss(imgs, pred, mask, valid)
+        return {self.sensor: num}
+
+    @torch.no_grad()
+    def visualize(self, batch: Batch, task: str, step: int) -> dict[str, Any]:
+        """Input, masked input, reconstruction and reconstruction with visible patches pasted."""
+        imgs, valid, grid = self._inputs(batch)
+        latent, mask, ids_restore = self.forward_encoder(imgs, step, batch["index"])
+        pred = self.forward_decoder(latent, ids_restore, grid).float()
+        p = self.encoder.patch_size
+        if self.norm_pix_loss:  # undo the per-patch normalisation for display
+            target = patchify(torch.nan_to_num(imgs.float()), p)
+            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+            pred = pred * (var + 1e-6) ** 0.5 + mean
+        recon = unpatchify(pred, p, grid, self.channels)
+        hidden = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * self.channels), p, grid, self.channels)
+        masked = torch.where(hidden.bool(), torch.nan, imgs.float())
+        pasted = torch.where(hidden.bool(), recon, imgs.float())
+        return {
+            "title": f"MAE on {self.sensor}: {self.mask_ratio:.0%} of patches hidden",
+            "panels": [
+                ("input", self.sensor, imgs.float()),
+                ("masked input", self.sensor, masked),
+                ("reconstruction", self.sensor, recon),
+                ("reconstruction + visible", self.sensor, pasted),
+            ],
+        }

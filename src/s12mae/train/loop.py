@@ -1,0 +1,300 @@
+"""The one pretraining loop; it does not know which method it trains.
+
+It owns the step: the schedule picks the task, the task's loader gives this rank's
+micro-batches, the method gives loss sums and their element counts, and the loop does the rest
+(normalisation by global counts, backward, gradient accumulation, data parallelism, clipping,
+optimizer step, logging, pictures and checkpoints).
+
+Data parallelism: launched by ``torchrun`` (``WORLD_SIZE`` > 1) each rank computes gradients of
+its share of the global batch and the gradients are summed with one bucketed all-reduce after
+the last micro-batch of the step. Because the loss is normalised by the *global* element count,
+the sum is exactly the gradient of the global-batch loss. All-reducing once per step rather
+than hooking DDP's overlapped reducer costs the overlap of communication with backward, and
+buys two things: accumulation needs no ``no_sync``, and under AGD the idle task's parameters
+keep ``grad = None`` on every rank (the schedule is the same on all ranks, so every rank reduces
+the same set of tensors) without ``find_unused_parameters``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from s12mae.config import PretrainConfig
+from s12mae.data import ArrayDataset, load_arrays, sensor_specs, task_loader
+from s12mae.methods import build_method
+from s12mae.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from s12mae.train.optim import build_optimizer, lr_at
+from s12mae.train.schedule import TaskSchedule
+
+__all__ = ["RunResult", "pretrain"]
+
+Callback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    model: nn.Module
+
+
+@dataclass
+class _Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+
+def _setup(cfg: PretrainConfig) -> _Dist:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want = cfg.train.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if want.startswith("cuda"):
+            torch.cuda.set_device(local)
+            want = f"cuda:{local}"
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if want.startswith("cuda") else "gloo")
+        return _Dist(dist.get_rank(), dist.get_world_size(), torch.device(want))
+    return _Dist(0, 1, torch.device(want))
+
+
+def _all_reduce(t: torch.Tensor, d: _Dist) -> torch.Tensor:
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _all_reduce_grads(params: Sequence[nn.Parameter], d: _Dist, bucket_bytes: int = 64 << 20) -> None:
+    """Sum gradients over ranks in flat buckets (parameters whose grad is None are skipped)."""
+    if d.world == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for i, g in enumerate(grads):
+        bucket.append(g)
+        size += g.numel() * g.element_size()
+        if size >= bucket_bytes or i == len(grads) - 1:
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            dist.all_reduce(flat)
+            offset = 0
+            for b in bucket:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+            bucket, size = [], 0
+
+
+def _check_finite(batch: dict[str, torch.Tensor], sensors: Sequence[str]) -> None:
+    for key in sensors:
+        ok = torch.isfinite(batch[key]).flatten(1).all(1)
+        if not bool(ok.all()):
+            bad = batch["index"][~ok].tolist()
+            raise ValueError(
+                f"non-finite values in {key} of sample(s) {bad[:10]}; "
+                "fix the data or set data.nodata=mask"
+            )
+
+
+def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
+    if cfg.data.path is not None:
+        arrays, source = load_arrays(cfg.data.path), str(cfg.data.path)
+    else:
+        from s12mae.simulate import simulate
+
+        arrays, source = simulate(cfg.data.simulated), "simulated data"
+    return {
+        task: ArrayDataset(arrays, sensor_specs(method.task_sensors(task), cfg.data.stats), cfg.data.nodata, source=source)
+        for task in method.tasks
+    }
+
+
+def _batch_sizes(cfg: PretrainConfig, d: _Dist) -> tuple[int, int]:
+    global_batch = cfg.train.batch_size
+    if global_batch % d.world:
+        raise ValueError(f"train.batch_size {global_batch} is not divisible by the world size {d.world}")
+    per_rank = global_batch // d.world
+    micro = cfg.train.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise ValueError(
+            f"train.micro_batch_size {micro} does not divide the per-rank batch {per_rank} "
+            f"(batch_size {global_batch} / world size {d.world})"
+        )
+    return micro, per_rank // micro
+
+
+def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume, or ``None``; refuses to start over an existing run."""
+    if resume:
+        return latest_checkpoint(run_dir)
+    if (run_dir / "latest").exists():
+        raise FileExistsError(
+            f"{run_dir}: already holds a run with checkpoints; pass --resume to continue it "
+            "or choose another train.out_dir"
+        )
+    return None
+
+
+def _trim_metrics(path: Path, start_step: int) -> list[dict[str, Any]]:
+    """Keep the metrics lines of steps before ``start_step`` (after a resume)."""
+    if not path.exists():
+        return []
+    kept = [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+            if r["step"] < start_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Run (or resume) pretraining as configured.
+
+    Args:
+        cfg: the resolved run config.
+        resume: continue from the run folder's latest checkpoint, with the same data order,
+            masks, schedule and optimizer state as an uninterrupted run.
+        callbacks: called as ``cb(step, record)`` after each optimizer step on every rank.
+
+    Returns:
+        The run folder, the metrics of every step of this process's run and the trained model.
+    """
+    d = _setup(cfg)
+    run_dir = Path(cfg.train.out_dir)
+    resume_from = _checkpoint_to_resume(run_dir, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    method = build_method(cfg).to(d.device)
+    optimizer = build_optimizer(method, cfg.optim)
+    start = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, method)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        start = int(state["step"])
+        if start >= cfg.train.steps:
+            raise ValueError(f"{resume_from}: the run is complete ({start} of {cfg.train.steps} steps)")
+    datasets = _task_datasets(cfg, method)
+    micro, accum = _batch_sizes(cfg, d)
+    schedule = TaskSchedule(method.tasks, cfg.schedule.sequence, cfg.schedule.weights, cfg.train.seed)
+    steps_of = schedule.task_steps(start, cfg.train.steps)
+    for task, ds in datasets.items():
+        if steps_of[task] and len(ds) == 0:
+            raise ValueError(f"task {task!r} has an empty dataset")
+    loaders = {
+        task: iter(task_loader(datasets[task], steps_of[task], cfg.train.batch_size, micro,
+                               cfg.train.seed, d.rank, d.world, cfg.data.num_workers))
+        for task in method.tasks
+    }
+    params = [p for p in method.parameters() if p.requires_grad]
+    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    metrics_path = run_dir / "metrics.jsonl"
+    history: list[dict[str, Any]] = []
+    if d.rank == 0:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        history = _trim_metrics(metrics_path, start)
+    this_run: list[dict[str, Any]] = []
+    show = cfg.train.progress and d.rank == 0
+    interactive = show and sys.stderr.isatty()
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not interactive,
+               desc=f"pretrain {cfg.method}", dynamic_ncols=True)
+    every = max(cfg.train.steps // 10, 1)  # plain progress lines when stderr is a log file
+    method.train()
+    for step in range(start, cfg.train.steps):
+        t0 = time.perf_counter()
+        task = schedule.task_at(step)
+        batches = [{k: v.to(d.device, non_blocking=True) for k, v in next(loaders[task]).items()}
+                   for _ in range(accum)]
+        for b in batches:
+            _check_finite(b, method.task_sensors(task))
+        weights = method.term_weights(task)
+        counts = [method.denominators(b, task, step) for b in batches]
+        dens = torch.stack([torch.stack([c[t].float() for t in weights]) for c in counts]).sum(0)
+        dens = _all_reduce(dens, d).clamp_min(1.0)
+        sums = torch.zeros(len(weights), device=d.device)
+        for b in batches:
+            with autocast:
+                nums = method(b, task, step)
+            terms = torch.stack([nums[t].float() for t in weights])
+            loss = (terms / dens * torch.tensor(list(weights.values()), device=d.device)).sum()
+            loss.backward()
+            sums += terms.detach()
+        _all_reduce_grads(params, d)
+        with_grad = [p for p in params if p.grad is not None]
+        max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+        lr = lr_at(step, cfg.train.steps, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        term_losses = (_all_reduce(sums, d) / dens).tolist()
+        seconds = time.perf_counter() - t0
+        record = {
+            "step": step, "task": task,
+            "loss": sum(w * v for w, v in zip(weights.values(), term_losses)),
+            **{f"loss/{t}": v for t, v in zip(weights, term_losses)},
+            "grad_norm": float(grad_norm), "lr": lr,
+            "samples_per_s": cfg.train.batch_size / seconds, "seconds": seconds,
+        }
+        this_run.append(record)
+        if d.rank == 0:
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.set_postfix(task=task, loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}")
+            bar.update(1)
+            if show and not interactive and (step % every == 0 or step == cfg.train.steps - 1):
+                print(f"pretrain {cfg.method} step {step + 1}/{cfg.train.steps} task={task} "
+                      f"loss={record['loss']:.4f} samples/s={record['samples_per_s']:.0f}", flush=True)
+        for cb in callbacks:
+            cb(step, record)
+        done = step + 1
+        if d.rank == 0 and (done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps):
+            save_checkpoint(run_dir, done, method, {"optimizer": optimizer.state_dict(),
+                                                    "rng_cpu": torch.get_rng_state(), "method": cfg.method})
+    bar.close()
+    if d.rank == 0:
+        _finish(run_dir, cfg, method, datasets, cfg.train.steps - 1, d.device)
+    if d.world > 1:
+        dist.barrier()
+    return RunResult(run_dir, history + this_run if d.rank == 0 else this_run, method)
+
+
+def _finish(run_dir: Path, cfg: PretrainConfig, method: Any, datasets: dict[str, ArrayDataset],
+            step: int, device: torch.device) -> None:
+    """Loss curve, reconstruction pictures and the exported encoder."""
+    from s12mae.export import save_encoder
+    from s12mae.viz import plot_loss_curve, plot_reconstructions
+
+    plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+    method.eval()
+    for task, ds in datasets.items():
+        n = min(4, len(ds))
+        batch = torch.utils.data.default_collate([ds[i] for i in range(n)])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        plot_reconstructions(method.visualize(batch, task, step), run_dir / f"reconstruction_{task}.png",
+                             cfg.data.stats)
+    save_encoder(method.encoder, run_dir / "encoder.safetensors", cfg)

@@ -1,0 +1,45 @@
+"""Optimizer with weight-decay groups, and the warmup + cosine learning-rate factor."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from s12mae.config import OptimConfig
+
+__all__ = ["build_optimizer", "lr_at"]
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        hook = getattr(module, "no_weight_decay", None)
+        if callable(hook):
+            names |= {f"{prefix}.{n}" if prefix else n for n in hook()}
+    return names
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adafactor or AdamW; biases, norms and tokens get no weight decay."""
+    skip = _no_decay_names(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
+    """Learning rate of ``step``: linear warmup to ``lr``, then cosine decay to ``min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))

@@ -1,0 +1,75 @@
+"""Pictures of a run: loss curves and reconstructions (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from s12mae.sensors import get_sensor  # noqa: E402
+
+__all__ = ["plot_loss_curve", "plot_reconstructions", "save_figure"]
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a figure through a temporary file and a rename, then close it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_loss_curve(metrics_path: Path, out: Path) -> None:
+    """Loss against step, one line per task (and per loss term where a task has several)."""
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task in dict.fromkeys(r["task"] for r in records):
+        rows = [r for r in records if r["task"] == task]
+        steps = [r["step"] for r in rows]
+        ax.plot(steps, [r["loss"] for r in rows], label=f"{task}: loss")
+        terms = [k for k in rows[0] if k.startswith("loss/")]
+        if len(terms) > 1:
+            for term in terms:
+                ax.plot(steps, [r[term] for r in rows], lw=0.8, ls="--", label=f"{task}: {term[5:]}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("MSE (standardised units)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"pretraining loss ({metrics_path.parent.name})")
+    save_figure(fig, out)
+
+
+def plot_reconstructions(vis: dict[str, Any], out: Path, stats: str | None = None) -> None:
+    """Grid of samples (rows) by panels (columns) from a method's ``visualize`` output.
+
+    Each panel is ``(label, sensor, (N, C, H, W) standardised)``; it is shown through the sensor
+    spec's display bands (S2 as RGB from B04, B03, B02). NaN marks hidden pixels (grey).
+    """
+    panels = vis["panels"]
+    n = panels[0][2].shape[0]
+    fig, axes = plt.subplots(n, len(panels), figsize=(2.2 * len(panels), 2.2 * n), squeeze=False)
+    for col, (label, sensor, images) in enumerate(panels):
+        spec = get_sensor(sensor, stats)
+        for row in range(n):
+            x = images[row].detach().float().cpu()
+            rgb = spec.to_display(x)
+            hidden = torch.isnan(x).all(0)
+            rgb[hidden] = 0.5
+            ax = axes[row][col]
+            ax.imshow(rgb.numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{label}\n({sensor})", fontsize=8)
+    fig.suptitle(vis.get("title", ""), fontsize=9)
+    save_figure(fig, out)
