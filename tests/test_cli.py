@@ -1,0 +1,88 @@
+"""The command line, recipes and the demo, run in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from s12mae.cli import config_from_namespace, main, pretrain_parser
+from s12mae.demo import demo_config
+from s12mae.sensors import get_sensor, load_stats
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_recipe_parses_into_a_valid_config(recipe):
+    p = pretrain_parser()
+    cfg = config_from_namespace(p, p.parse_args(["--config", str(CONFIGS / recipe)]))
+    assert cfg.model.img_size % int(cfg.model.encoder.split("patch")[1]) == 0
+
+
+def test_demo_recipe_file_matches_the_demo_code():
+    p = pretrain_parser()
+    from_file = config_from_namespace(p, p.parse_args(["--config", str(CONFIGS / "demo.yaml")]))
+    assert from_file.to_dict() == demo_config().to_dict()
+
+
+def test_paper_recipe_has_the_papers_numbers():
+    raw = yaml.safe_load((CONFIGS / "mae_vitb16_paper.yaml").read_text())
+    assert raw["train"]["batch_size"] == 4096 and raw["optim"]["name"] == "adafactor"
+    assert raw["model"]["encoder"] == "vit_base_patch16"
+
+
+def test_unknown_key_and_bad_size_are_errors_that_name_them(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--model.encodr", "vit_nano_patch8"])
+    assert "encodr" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  mask_ration: 0.5\n")
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--config", str(bad)])
+    assert "mask_ration" in capsys.readouterr().err
+    assert main(["pretrain", "--model.encoder", "vit_nano_patch8", "--model.img_size", "60"]) == 2
+    assert "model.img_size: 60 is not divisible by the patch size 8" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_on_a_tiny_run(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "4", "--num_samples", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "SMOKE CHECK" in printed and "not results" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["mae"]["steps"] == 4
+    run = out / "mae"
+    for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "reconstruction_mae.png", "encoder.safetensors"):
+        assert (run / name).stat().st_size > 0, name
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["stats"] == str(out / "stats.json")
+
+
+def test_simulate_stats_and_pretrain_commands(tmp_path, capsys):
+    data = tmp_path / "sim"
+    assert main(["simulate", "--out", str(data), "--sim.num_samples", "8", "--sim.img_size", "32"]) == 0
+    assert main(["simulate", "--out", str(data)]) == 2  # refuses to overwrite
+    stats = tmp_path / "stats.json"
+    assert main(["stats", "--data", str(data), "--out", str(stats)]) == 0
+    table = load_stats(stats)
+    assert set(table) == {"s2_l1c", "s1_grd"}
+    assert -25 < table["s1_grd"]["VV"].mean < 0 and 0 < table["s2_l1c"]["B04"].mean < 0.5
+    assert get_sensor("s2_l1c", stats).stats["B04"].mean == table["s2_l1c"]["B04"].mean
+    run = tmp_path / "run"
+    args = ["pretrain", "--model.encoder", "vit_nano_patch8", "--model.decoder", "vitlite_128d2b",
+            "--model.img_size", "32", "--data.path", str(data), "--data.stats", str(stats),
+            "--train.steps", "2", "--train.batch_size", "4", "--train.out_dir", str(run)]
+    assert main(args) == 0
+    assert main(args) == 2  # an existing run is not overwritten without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(args[:-4] + ["--train.steps", "3", "--train.out_dir", str(run), "--resume", "true"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_info_prints_variants_with_counts(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_base_patch16" in out and "vitlite_512d6b" in out and "21.02M" in out

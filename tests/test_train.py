@@ -1,0 +1,137 @@
+"""The training loop: resume, accumulation, data parallelism, schedules and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from s12mae.simulate import SimulationConfig, write_simulated
+from s12mae.train.loop import pretrain
+from s12mae.train.schedule import TaskSchedule
+
+
+def _losses(history):
+    return [r["loss"] for r in history]
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
+    full = pretrain(tiny_config(str(tmp_path / "a")))
+
+    def crash(step, record):
+        if step == 4:
+            raise _Crash
+
+    cfg = tiny_config(str(tmp_path / "b"))
+    with pytest.raises(_Crash):
+        pretrain(cfg, callbacks=[crash])
+    resumed = pretrain(cfg, resume=True)
+    assert _losses(resumed.history) == _losses(full.history)  # bit-identical on CPU
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(6))
+    a = load_file(str(tmp_path / "a" / "checkpoint-00000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint-00000006" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("config.yaml", "loss_curve.png", "reconstruction_mae.png", "encoder.safetensors"):
+        assert (tmp_path / "b" / name).stat().st_size > 0
+
+
+def test_gradient_accumulation_gives_the_same_steps(tmp_path):
+    one = pretrain(tiny_config(str(tmp_path / "a"), steps=3))
+    acc = pretrain(tiny_config(str(tmp_path / "b"), steps=3, micro_batch_size=2))
+    np.testing.assert_allclose(_losses(one.history), _losses(acc.history), rtol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str, result: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = tiny_config(out_dir, steps=3, micro_batch_size=2)
+    cfg.data.path, cfg.data.nodata = data, "mask"
+    hist = pretrain(cfg).history
+    with open(f"{result}.{rank}", "w") as f:
+        json.dump(_losses(hist), f)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(tmp_path):
+    data = str(write_simulated(tmp_path / "data", SimulationConfig(num_samples=24, img_size=32, seed=3)))
+    arr = np.load(tmp_path / "data" / "s1_grd.npy", mmap_mode="r+")
+    arr[:, :, :3, :5] = np.nan  # nodata in some samples: counts differ between ranks
+    arr.flush()
+    single = tiny_config(str(tmp_path / "one"), steps=3)
+    single.data.path, single.data.nodata = data, "mask"
+    single.model.sensor = "s2_l1c"
+    ref = _losses(pretrain(single).history)
+    result = str(tmp_path / "losses")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), data, result), nprocs=2)
+    for rank in (0, 1):
+        with open(f"{result}.{rank}") as f:
+            np.testing.assert_allclose(json.load(f), ref, rtol=1e-5)
+
+
+def test_resume_without_checkpoint_or_from_a_corrupt_one_is_a_clear_error(tmp_path):
+    cfg = tiny_config(str(tmp_path / "r"), steps=3)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        pretrain(cfg, resume=True)
+    pretrain(cfg)
+    cfg.train.steps = 5
+    metrics = (tmp_path / "r" / "metrics.jsonl").read_text()
+    weights = tmp_path / "r" / "checkpoint-00000003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="model.safetensors: unreadable or corrupt"):
+        pretrain(cfg, resume=True)
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == metrics  # nothing overwritten
+    with pytest.raises(FileExistsError, match="--resume"):
+        pretrain(cfg)
+
+
+def test_non_finite_input_names_the_sample_unless_masked(tmp_path):
+    data = write_simulated(tmp_path / "data", SimulationConfig(num_samples=8, img_size=32))
+    arr = np.load(data / "s2_l1c.npy", mmap_mode="r+")
+    arr[5, 2, 0, 0] = 0  # S2 nodata value
+    arr.flush()
+    cfg = tiny_config(str(tmp_path / "r"), steps=2)
+    cfg.data.path = str(data)
+    with pytest.raises(ValueError, match="sample 5 has 1 nodata"):
+        pretrain(cfg)
+    cfg.data.nodata = "mask"
+    cfg.train.out_dir = str(tmp_path / "r2")
+    assert len(pretrain(cfg).history) == 2
+
+
+def test_batch_that_does_not_split_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="micro_batch_size 3 does not divide"):
+        pretrain(tiny_config(str(tmp_path / "r"), micro_batch_size=3))
+
+
+def test_schedules_are_deterministic_and_respect_their_definition():
+    alt = TaskSchedule(["mae", "aux"])
+    assert [alt.task_at(s) for s in range(5)] == ["mae", "aux", "mae", "aux", "mae"]
+    seq = TaskSchedule(["mae", "aux"], sequence=["mae", "mae", "aux"])
+    assert "".join(seq.task_at(s)[0] for s in range(9)) == "mmammamma"
+    assert seq.task_steps(4, 9) == {"mae": [3, 4, 5], "aux": [1, 2]}
+    w = TaskSchedule(["mae", "aux"], weights={"mae": 3, "aux": 1}, seed=5)
+    ids = w.assignments(20000)
+    assert abs(float((ids == 0).mean()) - 0.75) < 0.02
+    assert np.array_equal(ids, TaskSchedule(["mae", "aux"], weights={"mae": 3, "aux": 1}, seed=5).assignments(20000))
+    assert all(w.task_at(s) == ["mae", "aux"][ids[s]] for s in range(50))
+    with pytest.raises(ValueError, match="unknown task"):
+        TaskSchedule(["mae"], sequence=["aux"])
