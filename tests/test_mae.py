@@ -84,7 +84,7 @@ def test_norm_pix_targets_and_visualize():
     batch = {"s2_l1c": torch.randn(2, 13, 32, 32) * 3 + 5, "index": torch.tensor([0, 1])}
     num = mae(batch, "mae", 0)["s2_l1c"]
     den = mae.denominators(batch, "mae", 0)["s2_l1c"]
-    assert torch.isfinite(num) and 0.5 < float(num / den) < 5  # standardised targets
+    assert torch.isfinite(num) and 0.5 < float(num.detach() / den) < 5  # standardised targets
     vis = mae.visualize(batch, "mae", 0)
     labels = [p[0] for p in vis["panels"]]
     assert labels == ["input", "masked input", "reconstruction", "reconstruction + visible"]

@@ -26,14 +26,18 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
-    full = pretrain(tiny_config(str(tmp_path / "a")))
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
+def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path, optimizer):
+    full_cfg = tiny_config(str(tmp_path / "a"))
+    full_cfg.optim.name = optimizer
+    full = pretrain(full_cfg)
 
     def crash(step, record):
         if step == 4:
             raise _Crash
 
     cfg = tiny_config(str(tmp_path / "b"))
+    cfg.optim.name = optimizer
     with pytest.raises(_Crash):
         pretrain(cfg, callbacks=[crash])
     resumed = pretrain(cfg, resume=True)

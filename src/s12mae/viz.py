@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -35,7 +36,11 @@ def plot_loss_curve(metrics_path: Path, out: Path) -> None:
     for task in dict.fromkeys(r["task"] for r in records):
         rows = [r for r in records if r["task"] == task]
         steps = [r["step"] for r in rows]
-        ax.plot(steps, [r["loss"] for r in rows], label=f"{task}: loss")
+        losses = np.array([r["loss"] for r in rows])
+        line = ax.plot(steps, losses, lw=0.6, alpha=0.35)[0]
+        k = max(len(losses) // 20, 1)  # moving average over ~5% of the run
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, color=line.get_color(), lw=1.8, label=f"{task}: loss ({k}-step mean)")
         terms = [k for k in rows[0] if k.startswith("loss/")]
         if len(terms) > 1:
             for term in terms:

@@ -1,0 +1,103 @@
+"""Pretraining step throughput (forward, backward, optimizer) per variant and method.
+
+Usage:
+    python benchmarks/bench_step.py                      # CPU presets: demo, tiny, small
+    python benchmarks/bench_step.py --preset gpu_base    # ViT-B/16, 224 px, 13 bands, bf16 on CUDA
+
+Prints one Markdown table row per case: samples/s over the timed steps (after warmup), and on
+CUDA the model-FLOPs utilisation. FLOPs are counted with ``torch.utils.flop_counter`` over one
+training step (forward + backward; matmuls and attention, 2 FLOPs per multiply-add), the
+optimizer excluded, divided by the step time and the card's dense bf16 peak (``--peak_tflops``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from s12mae.methods.mae import MAE
+from s12mae.models.vit import build_encoder
+
+PRESETS = {  # name: (encoder, decoder, img_size, batch)
+    "demo": ("vit_nano_patch8", "vitlite_128d2b", 64, 32),
+    "tiny": ("vit_tiny_patch16", "vitlite_256d4b", 96, 32),
+    "small": ("vit_small_patch16", "vitlite_256d4b", 96, 32),
+    "base_cpu": ("vit_base_patch16", "vitlite_512d6b", 224, 8),
+    "gpu_base": ("vit_base_patch16", "vitlite_512d6b", 224, 256),
+}
+
+
+def build(method: str, encoder: str, decoder: str, img_size: int) -> torch.nn.Module:
+    if method != "mae":
+        raise SystemExit(f"method {method!r} has not landed yet")
+    enc = build_encoder(encoder, {"s2_l1c": 13}, img_size)
+    return MAE(enc, "s2_l1c", decoder)
+
+
+def run_case(preset: str, method: str, steps: int, warmup: int, device: torch.device, peak: float) -> str:
+    encoder, decoder, img_size, batch_size = PRESETS[preset]
+    model = build(method, encoder, decoder, img_size).to(device)
+    opt = torch.optim.Adafactor(model.parameters(), lr=1e-3)
+    batch = {"s2_l1c": torch.randn(batch_size, 13, img_size, img_size, device=device),
+             "index": torch.arange(batch_size, device=device)}
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    task = model.tasks[0]
+
+    def step(i: int) -> None:
+        den = model.denominators(batch, task, i)
+        with amp:
+            nums = model(batch, task, i)
+        sum(nums[t] / den[t] for t in nums).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for i in range(warmup):
+        step(i)
+    with FlopCounterMode(display=False) as counter:
+        with amp:
+            nums = model(batch, task, 0)
+        sum(nums.values()).backward()
+    opt.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / steps
+    sps = batch_size / seconds
+    mfu = f"{flops / seconds / (peak * 1e12):.1%}" if device.type == "cuda" and peak else "-"
+    return (f"| {preset} | {method} | {encoder} + {decoder} | {img_size} | {batch_size} | "
+            f"{sps:.1f} | {flops / batch_size / 1e9:.2f} | {mfu} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", nargs="+", default=["demo", "tiny", "small"], choices=sorted(PRESETS))
+    ap.add_argument("--method", nargs="+", default=["mae"])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print("| preset | method | encoder + decoder | px | batch | samples/s | train GFLOPs/sample | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for preset in args.preset:
+        for method in args.method:
+            print(run_case(preset, method, args.steps, args.warmup, device, args.peak_tflops), flush=True)
+
+
+if __name__ == "__main__":
+    main()
