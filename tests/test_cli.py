@@ -76,6 +76,9 @@ def test_simulate_stats_and_pretrain_commands(tmp_path, capsys):
             "--model.img_size", "32", "--data.path", str(data), "--data.stats", str(stats),
             "--train.steps", "2", "--train.batch_size", "4", "--train.out_dir", str(run)]
     assert main(args) == 0
+    parser = pretrain_parser()
+    saved = config_from_namespace(parser, parser.parse_args(["--config", str(run / "config.yaml")]))
+    assert saved.train.steps == 2 and saved.data.stats == str(stats)  # the run folder's config re-runs it
     assert main(args) == 2  # an existing run is not overwritten without --resume
     assert "--resume" in capsys.readouterr().err
     assert main(args[:-4] + ["--train.steps", "3", "--train.out_dir", str(run), "--resume", "true"]) == 0
