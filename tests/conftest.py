@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from s12mae.config import DataConfig, ModelConfig, OptimConfig, PretrainConfig, TrainConfig
 from s12mae.simulate import SimulationConfig
@@ -26,3 +31,32 @@ def tiny_config(out_dir: str, **train: object) -> PretrainConfig:
 @pytest.fixture
 def tiny(tmp_path):
     return lambda **kw: tiny_config(str(tmp_path / "run"), **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg, result: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from s12mae.train.loop import pretrain
+
+    hist = pretrain(cfg).history
+    with open(f"{result}.{rank}", "w") as f:
+        json.dump([{"task": r["task"], "loss": r["loss"]} for r in hist], f)
+    torch.distributed.destroy_process_group()
+
+
+def run_ddp(cfg, tmp_path, world: int = 2) -> list[list[dict]]:
+    """Run ``pretrain(cfg)`` in ``world`` gloo processes; each rank's (task, loss) per step."""
+    result = str(tmp_path / "ddp-history")
+    mp.spawn(_ddp_worker, args=(world, _free_port(), cfg, result), nprocs=world)
+    out = []
+    for rank in range(world):
+        with open(f"{result}.{rank}") as f:
+            out.append(json.load(f))
+    return out

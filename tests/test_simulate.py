@@ -62,6 +62,7 @@ def test_shapes_and_dtypes(data: dict[str, np.ndarray]) -> None:
     expected = {
         "s2_l1c": ((n, 13, h, h), np.int16),
         "s1_grd": ((n, 2, h, h), np.float32),
+        "available.s1_grd": ((n,), np.uint8),
         "cloud": ((n, h, h), np.uint8),
         "water": ((n, h, h), np.uint8),
         "landcover_presence": ((n, len(LAND_COVER_CLASSES)), np.uint8),
@@ -211,3 +212,14 @@ def test_negative_index_rejected() -> None:
 def test_config_validation(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         SimulationConfig(**{field: value})
+
+
+def test_s2_only_scenes_have_no_s1_and_leave_the_rest_unchanged():
+    cfg = SimulationConfig(num_samples=40, img_size=16, s1_fraction=0.5)
+    data = simulate(cfg)
+    avail = data["available.s1_grd"].astype(bool)
+    assert 5 < avail.sum() < 35
+    assert np.isnan(data["s1_grd"][~avail]).all() and np.isfinite(data["s1_grd"][avail]).all()
+    full = simulate(SimulationConfig(num_samples=40, img_size=16))
+    np.testing.assert_array_equal(data["s2_l1c"], full["s2_l1c"])
+    np.testing.assert_array_equal(data["s1_grd"][avail], full["s1_grd"][avail])

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import run_ddp, tiny_config
 from s12mae.simulate import SimulationConfig, write_simulated
 from s12mae.train.loop import pretrain
 from s12mae.train.schedule import TaskSchedule
@@ -57,24 +53,6 @@ def test_gradient_accumulation_gives_the_same_steps(tmp_path):
     np.testing.assert_allclose(_losses(one.history), _losses(acc.history), rtol=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str, result: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    cfg = tiny_config(out_dir, steps=3, micro_batch_size=2)
-    cfg.data.path, cfg.data.nodata = data, "mask"
-    hist = pretrain(cfg).history
-    with open(f"{result}.{rank}", "w") as f:
-        json.dump(_losses(hist), f)
-    torch.distributed.destroy_process_group()
-
-
 def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(tmp_path):
     data = str(write_simulated(tmp_path / "data", SimulationConfig(num_samples=24, img_size=32, seed=3)))
     arr = np.load(tmp_path / "data" / "s1_grd.npy", mmap_mode="r+")
@@ -84,11 +62,10 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(tmp_path):
     single.data.path, single.data.nodata = data, "mask"
     single.model.sensor = "s2_l1c"
     ref = _losses(pretrain(single).history)
-    result = str(tmp_path / "losses")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), data, result), nprocs=2)
-    for rank in (0, 1):
-        with open(f"{result}.{rank}") as f:
-            np.testing.assert_allclose(json.load(f), ref, rtol=1e-5)
+    two = tiny_config(str(tmp_path / "two"), steps=3, micro_batch_size=2)
+    two.data.path, two.data.nodata = data, "mask"
+    for rank_history in run_ddp(two, tmp_path):
+        np.testing.assert_allclose([r["loss"] for r in rank_history], ref, rtol=1e-5)
 
 
 def test_resume_without_checkpoint_or_from_a_corrupt_one_is_a_clear_error(tmp_path):

@@ -35,6 +35,8 @@ class ModelConfig:
     """Side of the square input in pixels; a multiple of the patch size (ours: the paper gives none)."""
     sensor: str = "s2_l1c"
     """Sensor key of the masked input (the MAE task)."""
+    aux_sensor: str = "s1_grd"
+    """Sensor key of the auxiliary target that AuxMAE predicts from the unmasked input."""
     mask_ratio: float = 0.75
     """Fraction of patches hidden from the encoder in the MAE task."""
     norm_pix_loss: bool = False
@@ -154,7 +156,7 @@ class TrainConfig:
 class PretrainConfig:
     """A pretraining run: method, model, data, optimizer, schedule and loop."""
 
-    method: Literal["mae"] = "mae"
+    method: Literal["mae", "auxmae"] = "mae"
     """Pretraining method."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from s12mae.sensors import SensorSpec, get_sensor
 
-__all__ = ["ArrayDataset", "StepOrder", "load_arrays", "task_loader"]
+__all__ = ["ArrayDataset", "StepOrder", "available_rows", "load_arrays", "task_loader"]
 
 
 class ArrayDataset(Dataset):
@@ -35,6 +35,8 @@ class ArrayDataset(Dataset):
             them with 0 and adds ``valid.<sensor>``.
         extra_keys: non-sensor arrays to include (labels).
         source: name of the data source for error messages.
+        indices: the rows of ``arrays`` this dataset serves (default: all); ``"index"`` stays the
+            row number, so masks keyed by it do not depend on the subset.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class ArrayDataset(Dataset):
         nodata: Literal["error", "mask"] = "error",
         extra_keys: Sequence[str] = (),
         source: str = "dataset",
+        indices: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         missing = [s.key for s in sensors if s.key not in arrays] + [k for k in extra_keys if k not in arrays]
         if missing:
@@ -63,12 +66,14 @@ class ArrayDataset(Dataset):
         self.nodata = nodata
         self.extra_keys = list(extra_keys)
         self.source = source
-        self.length = next(iter(lengths.values()))
+        rows = next(iter(lengths.values()))
+        self.indices = np.arange(rows) if indices is None else np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        index = int(self.indices[position])
         sample: dict[str, torch.Tensor] = {"index": torch.tensor(index, dtype=torch.int64)}
         for spec in self.sensors:
             x = spec.normalize(spec.to_units(torch.from_numpy(np.array(self.arrays[spec.key][index]))))
@@ -86,6 +91,21 @@ class ArrayDataset(Dataset):
         for key in self.extra_keys:
             sample[key] = torch.from_numpy(np.array(self.arrays[key][index]))
         return sample
+
+
+def available_rows(arrays: dict[str, np.ndarray], sensors: Sequence[str]) -> np.ndarray:
+    """Rows where every sensor in ``sensors`` is present (``available.<sensor>`` arrays, if any).
+
+    This is how each task gets its own dataset: the MAE task takes every S2 image, a paired
+    task only the rows that also have S1.
+    """
+    rows = len(next(iter(arrays.values())))
+    ok = np.ones(rows, dtype=bool)
+    for key in sensors:
+        flag = arrays.get(f"available.{key}")
+        if flag is not None:
+            ok &= np.asarray(flag).astype(bool)
+    return np.flatnonzero(ok)
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ settings leaves S1 unchanged and any subset of scenes can be generated independe
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -87,6 +88,9 @@ class SimulationConfig:
     """Equivalent number of looks of the S1 gamma speckle."""
     pixel_variation: float = 0.05
     """Relative per-pixel, per-band variation of the S2 surface reflectance."""
+    s1_fraction: float = 1.0
+    """Fraction of scenes with a co-located S1 partner; the others have S2 only (their S1 is NaN
+    and ``available.s1_grd`` is 0), like S2 archives where no S1 lies within 7 days."""
 
     def __post_init__(self) -> None:
         for name, low in (("num_samples", 1), ("img_size", 4), ("seed", 0), ("label_scale", 1)):
@@ -99,6 +103,7 @@ class SimulationConfig:
             ("misalignment_px", 0.0, float(self.img_size)),
             ("enl", 0.5, 1000.0),
             ("pixel_variation", 0.0, 1.0),
+            ("s1_fraction", 0.0, 1.0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
@@ -178,11 +183,13 @@ def simulate_scene(index: int, cfg: SimulationConfig) -> dict[str, np.ndarray]:
         ``s1_grd`` ``(2, H, W)`` float32 VV, VH sigma0 in dB; ``cloud`` ``(H, W)`` uint8
         (opacity > 0.5); ``water`` ``(H, W)`` uint8 (majority class is water);
         ``landcover_presence`` ``(6,)`` uint8 (class covers >= 1 % of the scene);
-        ``landcover_hr`` ``(H * label_scale, W * label_scale)`` uint8 class indices.
+        ``landcover_hr`` ``(H * label_scale, W * label_scale)`` uint8 class indices;
+        ``available.s1_grd`` uint8 scalar, 0 for an S2-only scene (then ``s1_grd`` is NaN).
     """
     if index < 0:
         raise ValueError(f"scene index must be >= 0, got {index}")
-    rng_cover, rng_s2, rng_cloud, rng_s1, rng_shift = np.random.default_rng([cfg.seed, index]).spawn(5)
+    streams = np.random.default_rng([cfg.seed, index]).spawn(6)  # the first 5 as before the 6th
+    rng_cover, rng_s2, rng_cloud, rng_s1, rng_shift, rng_pair = streams
     h, s, k = cfg.img_size, cfg.label_scale, len(LAND_COVER_CLASSES)
 
     # Land cover on the fine grid: correlation length 1-8 image pixels, varied class mix.
@@ -213,6 +220,9 @@ def simulate_scene(index: int, cfg: SimulationConfig) -> dict[str, np.ndarray]:
     power = np.einsum("kp,khw->phw", 10.0 ** (class_db / 10.0), s1_abundance)
     power *= rng_s1.gamma(cfg.enl, 1.0 / cfg.enl, power.shape)
     s1 = (10.0 * np.log10(power)).astype(np.float32)
+    has_s1 = bool(rng_pair.random() < cfg.s1_fraction)
+    if not has_s1:
+        s1[:] = np.nan
 
     counts = abundance.sum(axis=(1, 2))
     return {
@@ -222,6 +232,7 @@ def simulate_scene(index: int, cfg: SimulationConfig) -> dict[str, np.ndarray]:
         "water": (abundance.argmax(axis=0) == LAND_COVER_CLASSES.index("water")).astype(np.uint8),
         "landcover_presence": (counts / counts.sum() >= 0.01).astype(np.uint8),
         "landcover_hr": fine,
+        "available.s1_grd": np.uint8(has_s1),
     }
 
 
@@ -318,7 +329,7 @@ def load_simulated(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, A
     arrays: dict[str, np.ndarray] = {}
     for key, spec in specs.items():
         file = path / f"{key}.npy"
-        if not key.isidentifier() or not isinstance(spec, dict):
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", key) or not isinstance(spec, dict):  # no paths
             raise ValueError(f"{meta_file}: bad entry {key!r}: {spec!r} in 'arrays'")
         try:
             arrays[key] = np.load(file, mmap_mode="r", allow_pickle=False)

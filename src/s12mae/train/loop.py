@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from s12mae.config import PretrainConfig
-from s12mae.data import ArrayDataset, load_arrays, sensor_specs, task_loader
+from s12mae.data import ArrayDataset, available_rows, load_arrays, sensor_specs, task_loader
 from s12mae.methods import build_method
 from s12mae.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from s12mae.train.optim import build_optimizer, lr_at
@@ -117,16 +117,22 @@ def _check_finite(batch: dict[str, torch.Tensor], sensors: Sequence[str]) -> Non
 
 
 def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
+    """One dataset per task: the rows where every sensor the task needs is available."""
     if cfg.data.path is not None:
         arrays, source = load_arrays(cfg.data.path), str(cfg.data.path)
     else:
         from s12mae.simulate import simulate
 
         arrays, source = simulate(cfg.data.simulated), "simulated data"
-    return {
-        task: ArrayDataset(arrays, sensor_specs(method.task_sensors(task), cfg.data.stats), cfg.data.nodata, source=source)
-        for task in method.tasks
-    }
+    datasets = {}
+    for task in method.tasks:
+        sensors = method.task_sensors(task)
+        rows = available_rows(arrays, sensors)
+        if len(rows) == 0:
+            raise ValueError(f"{source}: task {task!r} has an empty dataset (no sample has all of {sensors})")
+        datasets[task] = ArrayDataset(arrays, sensor_specs(sensors, cfg.data.stats), cfg.data.nodata,
+                                      source=source, indices=rows)
+    return datasets
 
 
 def _batch_sizes(cfg: PretrainConfig, d: _Dist) -> tuple[int, int]:
@@ -197,9 +203,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     micro, accum = _batch_sizes(cfg, d)
     schedule = TaskSchedule(method.tasks, cfg.schedule.sequence, cfg.schedule.weights, cfg.train.seed)
     steps_of = schedule.task_steps(start, cfg.train.steps)
-    for task, ds in datasets.items():
-        if steps_of[task] and len(ds) == 0:
-            raise ValueError(f"task {task!r} has an empty dataset")
     loaders = {
         task: iter(task_loader(datasets[task], steps_of[task], cfg.train.batch_size, micro,
                                cfg.train.seed, d.rank, d.world, cfg.data.num_workers))
