@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from s12mae.methods.auxmae import AuxMAE
 from s12mae.methods.mae import MAE
 from s12mae.models.vit import build_encoder
 
@@ -33,20 +34,36 @@ PRESETS = {  # name: (encoder, decoder, img_size, batch)
 
 
 def build(method: str, encoder: str, decoder: str, img_size: int) -> torch.nn.Module:
-    if method != "mae":
-        raise SystemExit(f"method {method!r} has not landed yet")
-    enc = build_encoder(encoder, {"s2_l1c": 13}, img_size)
-    return MAE(enc, "s2_l1c", decoder)
+    """The method with an S2 encoder (and an S1 patch embedding where the method mixes S1 in)."""
+    sensors = {"s2_l1c": 13, "s1_grd": 2} if method == "mixmae" else {"s2_l1c": 13}
+    enc = build_encoder(encoder, sensors, img_size)
+    if method == "mae":
+        return MAE(enc, "s2_l1c", decoder)
+    if method == "auxmae":
+        return AuxMAE(MAE(enc, "s2_l1c", decoder), decoder, "s1_grd", 2)
+    if method == "mixmae":
+        from s12mae.methods.mixmae import MixMAE
+
+        return MixMAE(enc, decoder=decoder)
+    raise SystemExit(f"unknown method {method!r}")
 
 
-def run_case(preset: str, method: str, steps: int, warmup: int, device: torch.device, peak: float) -> str:
+def run_case(preset: str, method: str, steps: int, warmup: int, device: torch.device, peak: float) -> list[str]:
+    """One row per task of the method."""
     encoder, decoder, img_size, batch_size = PRESETS[preset]
     model = build(method, encoder, decoder, img_size).to(device)
     opt = torch.optim.Adafactor(model.parameters(), lr=1e-3)
     batch = {"s2_l1c": torch.randn(batch_size, 13, img_size, img_size, device=device),
+             "s1_grd": torch.randn(batch_size, 2, img_size, img_size, device=device),
              "index": torch.arange(batch_size, device=device)}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    task = model.tasks[0]
+    return [_time_task(model, opt, batch, task, amp, steps, warmup, device, peak,
+                       f"| {preset} | {method}:{task} | {encoder} + {decoder} | {img_size} | {batch_size} | ")
+            for task in model.tasks]
+
+
+def _time_task(model, opt, batch, task, amp, steps, warmup, device, peak, prefix) -> str:
+    batch_size = batch["index"].shape[0]
 
     def step(i: int) -> None:
         den = model.denominators(batch, task, i)
@@ -74,14 +91,13 @@ def run_case(preset: str, method: str, steps: int, warmup: int, device: torch.de
     seconds = (time.perf_counter() - t0) / steps
     sps = batch_size / seconds
     mfu = f"{flops / seconds / (peak * 1e12):.1%}" if device.type == "cuda" and peak else "-"
-    return (f"| {preset} | {method} | {encoder} + {decoder} | {img_size} | {batch_size} | "
-            f"{sps:.1f} | {flops / batch_size / 1e9:.2f} | {mfu} |")
+    return f"{prefix}{sps:.1f} | {flops / batch_size / 1e9:.2f} | {mfu} |"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", nargs="+", default=["demo", "tiny", "small"], choices=sorted(PRESETS))
-    ap.add_argument("--method", nargs="+", default=["mae"])
+    ap.add_argument("--method", nargs="+", default=["mae"], choices=["mae", "auxmae", "mixmae"])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
@@ -92,11 +108,12 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| preset | method | encoder + decoder | px | batch | samples/s | train GFLOPs/sample | MFU |")
+    print("| preset | method:task | encoder + decoder | px | batch | samples/s | train GFLOPs/sample | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.preset:
         for method in args.method:
-            print(run_case(preset, method, args.steps, args.warmup, device, args.peak_tflops), flush=True)
+            for row in run_case(preset, method, args.steps, args.warmup, device, args.peak_tflops):
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

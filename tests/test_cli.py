@@ -22,10 +22,11 @@ def test_every_recipe_parses_into_a_valid_config(recipe):
     assert cfg.model.img_size % int(cfg.model.encoder.split("patch")[1]) == 0
 
 
-def test_demo_recipe_file_matches_the_demo_code():
+@pytest.mark.parametrize("method, recipe", [("mae", "demo.yaml"), ("auxmae", "auxmae_demo.yaml")])
+def test_demo_recipe_files_match_the_demo_code(method, recipe):
     p = pretrain_parser()
-    from_file = config_from_namespace(p, p.parse_args(["--config", str(CONFIGS / "demo.yaml")]))
-    assert from_file.to_dict() == demo_config().to_dict()
+    from_file = config_from_namespace(p, p.parse_args(["--config", str(CONFIGS / recipe)]))
+    assert from_file.to_dict() == demo_config(method).to_dict()
 
 
 def test_paper_recipe_has_the_papers_numbers():
@@ -53,12 +54,14 @@ def test_demo_end_to_end_on_a_tiny_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "SMOKE CHECK" in printed and "not results" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["methods"]["mae"]["steps"] == 4
-    run = out / "mae"
-    for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "reconstruction_mae.png", "encoder.safetensors"):
-        assert (run / name).stat().st_size > 0, name
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
-    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["stats"] == str(out / "stats.json")
+    assert {m: s["steps"] for m, s in summary["methods"].items()} == {"mae": 4, "auxmae": 4}
+    pictures = {"mae": ["reconstruction_mae.png"], "auxmae": ["reconstruction_mae.png", "reconstruction_aux.png"]}
+    for method, names in pictures.items():
+        run = out / method
+        for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "encoder.safetensors", *names):
+            assert (run / name).stat().st_size > 0, name
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+        assert yaml.safe_load((run / "config.yaml").read_text())["data"]["stats"] == str(out / "stats.json")
 
 
 def test_simulate_stats_and_pretrain_commands(tmp_path, capsys):
