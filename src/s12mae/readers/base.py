@@ -1,0 +1,580 @@
+"""The shared machinery of the real-data readers: one base class, layouts are thin subclasses.
+
+A layout subclass only *finds* samples: it turns folders, file names and metadata into
+:class:`Item` records (which file holds which canonical band of which sensor, acquisition times,
+labels). :class:`RasterReader` does everything else, identically for every layout: opening files
+with clear errors, band-count and dtype checks, mapping layout band names (``B1``, ``B8A``) to
+canonical ones (``B01``, ``B8A``), resampling every band to the 10 m grid of the sample's reference
+sensor (bilinear for reflectance and dB, nearest for labels) with :func:`rasterio.warp.reproject`,
+removing the +1000 DN offset of Sentinel-2 processing baseline 04.00, and building valid masks.
+
+Sample format (plain numpy): ``{"id": str, <sensor>: (C, H, W), "valid.<sensor>": (C, H, W) bool,
+"label.<name>": ..., "meta": {...}}``; S2 stays int16 DN (reflectance x 10000, 0 = nodata), S1 and
+DEM float32 (NaN = nodata). See :meth:`RasterReader.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
+from rasterio.warp import reproject, transform_bounds
+
+from s12mae.sensors import SensorSpec, get_sensor, list_sensors
+
+__all__ = [
+    "BASELINE_04_DATE",
+    "BandRef",
+    "Grid",
+    "Item",
+    "LabelLayer",
+    "RasterReader",
+    "SensorLayer",
+    "baseline_offset",
+    "canonical_band",
+    "iso_utc",
+    "parse_time",
+    "read_json",
+]
+
+log = logging.getLogger(__name__)
+
+BASELINE_04_DATE = datetime(2022, 1, 25, tzinfo=UTC)
+"""First day of Sentinel-2 processing baseline 04.00, which adds +1000 DN to L1C and L2A."""
+BASELINE_OFFSET_DN = 1000
+# Sensors whose files carry the baseline-04.00 offset (the S2 products).
+OFFSET_SENSORS = frozenset({"s2_l1c", "s2_l2a"})
+_OFFSET_KEYS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
+_BASELINE_KEYS = ("PROCESSING_BASELINE", "S2:PROCESSING_BASELINE")
+_PRODUCT_KEYS = ("PRODUCT_ID", "TILE_SOURCE", "S2:PRODUCT_URI")
+_TIME_KEYS = ("DATETIME", "ACQUISITION_TIME", "ACQUISITION_DATE", "SENSING_TIME", "SYSTEM:TIME_START")
+_BAND_RE = re.compile(r"^B0?(\d{1,2})(A?)$", re.IGNORECASE)
+_TIME_RE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})(?:[T ](\d{2}):?(\d{2}):?(\d{2}))?")
+_INT16_MAX = np.iinfo(np.int16).max
+
+
+def canonical_band(name: str) -> str:
+    """Layout band name to the canonical one: ``B1`` -> ``B01``, ``b8a`` -> ``B8A``, ``vv`` -> ``VV``."""
+    name = name.strip()
+    m = _BAND_RE.match(name)
+    if m is None:
+        return name.upper()
+    number, suffix = int(m.group(1)), m.group(2).upper()
+    return f"B{number}A" if suffix else f"B{number:02d}"
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A timestamp (UTC) from metadata or a file/folder name; ``None`` if there is none.
+
+    Accepts datetimes, epoch milliseconds (Earth Engine ``system:time_start``), ISO strings (with
+    any fraction, e.g. ``2021-07-23T13:22:41.000000000``) and compact names (``..._20200607T010800_...``).
+    Naive times are taken as UTC. The first valid date in a string wins.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(float(value) / (1000.0 if abs(value) > 1e11 else 1.0), tz=UTC)
+    for m in _TIME_RE.finditer(str(value)):
+        parts = [int(g) for g in m.groups() if g is not None]
+        try:
+            return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+        except ValueError:
+            continue
+    return None
+
+
+def iso_utc(t: datetime | None) -> str | None:
+    """``2020-06-04T05:46:39Z`` (seconds precision) or ``None``."""
+    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def baseline_offset(metadata: Mapping[str, Any], band: str, time: datetime | None) -> tuple[int, str]:
+    """DN offset to remove from one Sentinel-2 band, and the rule that decided it.
+
+    In order: an explicit ``BOA_ADD_OFFSET`` / ``RADIO_ADD_OFFSET`` (scalar or per band, e.g.
+    ``BOA_ADD_OFFSET_B2``; ESA writes -1000, we remove 1000) -> rule ``"metadata"``; a processing
+    baseline (``PROCESSING_BASELINE`` or ``_Nxxyy_`` in ``PRODUCT_ID``/``tile_source``) >= 04.00
+    -> ``"baseline"``; an acquisition on or after 2022-01-25 -> ``"date"``; else 0 with
+    ``"unknown"`` (no time, no metadata: files are taken as they are).
+
+    Args:
+        metadata: key/values from GeoTIFF tags and sidecar files (keys compared case-insensitively).
+        band: canonical band name (``B02``).
+        time: acquisition time, if known.
+    """
+    md = {str(k).upper(): v for k, v in metadata.items()}
+    for key in _OFFSET_KEYS:
+        per_band = {
+            canonical_band(k[len(key) :].lstrip("_")): v
+            for k, v in md.items()
+            if k.startswith(key) and k != key
+        }
+        value = per_band.get(band, md.get(key))
+        if value is not None:
+            return int(round(abs(float(value)))), "metadata"
+    baseline: float | None = None
+    for key in _BASELINE_KEYS:
+        if md.get(key) not in (None, ""):
+            baseline = float(md[key])
+            break
+    if baseline is None:
+        for key in _PRODUCT_KEYS:
+            m = re.search(r"_N(\d{2})(\d{2})_", str(md.get(key, "")))
+            if m and m.group(1) != "99":  # N9999 marks reprocessed/fake baselines (reBEN)
+                baseline = int(m.group(1)) + int(m.group(2)) / 100
+                break
+    if baseline is not None:
+        return (BASELINE_OFFSET_DN if baseline >= 4.0 else 0), "baseline"
+    if time is not None:
+        return (BASELINE_OFFSET_DN if time >= BASELINE_04_DATE else 0), "date"
+    return 0, "unknown"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, affine transform and size (``width`` x ``height`` pixels)."""
+
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, ds: rasterio.io.DatasetReader) -> Grid:
+        return cls(ds.crs, ds.transform, ds.width, ds.height)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in ``crs`` units."""
+        return tuple(float(v) for v in array_bounds(self.height, self.width, self.transform))  # type: ignore[return-value]
+
+    @property
+    def pixel_area(self) -> float:
+        return abs(self.transform.a * self.transform.e - self.transform.b * self.transform.d)
+
+    def same_as(self, other: Grid, tol: float = 0.01) -> bool:
+        """Same CRS and size, transforms equal to ``tol`` of a pixel."""
+        if (self.width, self.height) != (other.width, other.height) or self.crs != other.crs:
+            return False
+        return self.transform.almost_equals(other.transform, precision=tol * math.sqrt(self.pixel_area))
+
+    def at_gsd(self, gsd: float) -> Grid:
+        """This grid resampled to ``gsd`` metres over the same bounds (projected, north-up grids only;
+        geographic grids are returned unchanged: their native 10 m bands define the grid)."""
+        t = self.transform
+        if self.crs is None or not self.crs.is_projected or t.b or t.d:
+            return self
+        if abs(abs(t.a) - gsd) < 1e-6 * gsd and abs(abs(t.e) - gsd) < 1e-6 * gsd:
+            return self
+        left, bottom, right, top = self.bounds
+        width, height = round((right - left) / gsd), round((top - bottom) / gsd)
+        return Grid(self.crs, Affine(gsd, 0.0, left, 0.0, -gsd, top), width, height)
+
+    def footprint_wgs84(self) -> list[float] | None:
+        if self.crs is None:
+            return None
+        return [float(v) for v in transform_bounds(self.crs, "EPSG:4326", *self.bounds, densify_pts=21)]
+
+
+@dataclass(frozen=True)
+class BandRef:
+    """One band of one file: ``index`` is 1-based, ``name`` the layout's name for it (``B1``)."""
+
+    path: Path
+    index: int = 1
+    name: str = ""
+
+
+@dataclass
+class SensorLayer:
+    """Where one sensor's channels live, in the sensor spec's band order."""
+
+    sensor: str
+    bands: list[BandRef]
+    time: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    sidecar: Path | None = None  # JSON metadata read at load time (merged under ``metadata``)
+
+    @classmethod
+    def stack(
+        cls, sensor: str, path: Path, time: datetime | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> SensorLayer:
+        """All channels in one file, in spec order (band descriptions, when they are band names,
+        are checked and used to reorder)."""
+        names = get_sensor(sensor).band_names
+        return cls(sensor, [BandRef(Path(path), i + 1, n) for i, n in enumerate(names)], time, metadata or {})
+
+    @classmethod
+    def per_band(
+        cls,
+        sensor: str,
+        files: Mapping[str, Path],
+        time: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        where: str = "",
+    ) -> SensorLayer:
+        """One single-band file per channel; ``files`` maps layout band names to paths (extra files
+        that are no band of ``sensor`` are ignored; a missing band is a ValueError)."""
+        by_name = {canonical_band(k): (k, Path(p)) for k, p in files.items()}
+        names = get_sensor(sensor).band_names
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(
+                f"{where or 'layout'}: no file for band(s) {missing} of {sensor} (found {sorted(by_name)})"
+            )
+        return cls(sensor, [BandRef(by_name[n][1], 1, by_name[n][0]) for n in names], time, metadata or {})
+
+    @property
+    def files(self) -> list[Path]:
+        return list(dict.fromkeys(b.path for b in self.bands))
+
+
+@dataclass(frozen=True)
+class LabelLayer:
+    """A per-pixel label file (band 1), resampled with nearest; ``fill`` marks ignore/outside."""
+
+    key: str
+    path: Path
+    dtype: str
+    fill: int
+
+
+@dataclass
+class Item:
+    """One sample as found on disk. The first layer (or label, if none) defines the grid."""
+
+    id: str
+    layers: list[SensorLayer] = field(default_factory=list)
+    labels: list[LabelLayer] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        return [layer.sensor for layer in self.layers] + [lab.key for lab in self.labels] + list(self.arrays)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, or a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def _open(path: Path) -> rasterio.io.DatasetReader:
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        return rasterio.open(path)
+    except RasterioError as err:
+        raise ValueError(f"{path}: not a readable GeoTIFF ({err})") from None
+
+
+def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int) -> np.ndarray:
+    try:
+        return ds.read(index)
+    except RasterioError as err:
+        detail = f"{err}; {err.__cause__}" if err.__cause__ else str(err)
+        raise ValueError(
+            f"{path}: cannot read band {index}; the file is corrupt or truncated ({detail})"
+        ) from None
+
+
+def _warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Path) -> np.ndarray:
+    """Float band ``x`` (NaN = nodata) on ``src`` to ``dst``; pixels outside ``src`` become NaN."""
+    if src.same_as(dst):
+        return x
+    if src.crs is None or dst.crs is None:
+        raise ValueError(
+            f"{path}: has no CRS, so it cannot be warped onto the sample grid "
+            f"({dst.crs}, {dst.width}x{dst.height})"
+        )
+    left, bottom, right, top = transform_bounds(src.crs, dst.crs, *src.bounds, densify_pts=21)
+    d_left, d_bottom, d_right, d_top = dst.bounds
+    if left >= d_right or right <= d_left or bottom >= d_top or top <= d_bottom:
+        raise ValueError(
+            f"{path}: does not overlap the sample grid ({dst.crs}, bounds {dst.bounds}); "
+            f"its bounds are {src.bounds} in {src.crs}"
+        )
+    out = np.full((dst.height, dst.width), np.nan, dtype=np.float32)
+    reproject(
+        x,
+        out,
+        src_transform=src.transform,
+        src_crs=src.crs,
+        src_nodata=np.nan,
+        dst_transform=dst.transform,
+        dst_crs=dst.crs,
+        dst_nodata=np.nan,
+        resampling=resampling,
+    )
+    return out
+
+
+def _stack_order(ds: rasterio.io.DatasetReader, path: Path, spec: SensorSpec) -> dict[str, int] | None:
+    """Band name -> index from the file's band descriptions, if they are band names."""
+    desc = [d for d in ds.descriptions if d]
+    if len(desc) != ds.count:
+        return None
+    names = [canonical_band(d) for d in desc]
+    if not all(_BAND_RE.match(n) or n in spec.band_names for n in names):
+        return None  # descriptions are not band names (TerraMesh writes "bands")
+    if sorted(names) != sorted(spec.band_names):
+        raise ValueError(f"{path}: its bands are {desc}, but {spec.key} needs {spec.band_names}")
+    return {n: i + 1 for i, n in enumerate(names)}
+
+
+class RasterReader:
+    """Base of all layout readers: a sequence of sample dicts read from GeoTIFFs.
+
+    Subclasses implement :meth:`_discover` (the layout) and set :attr:`source`; everything else is
+    shared. Iterating yields :meth:`load` of every item; indexing loads one.
+
+    Args:
+        sensors: keys to load: sensor keys such as ``s2_l1c``, and label keys such as
+            ``label.landcover`` (if no label key is named, all labels are kept); ``None`` loads
+            everything the layout has.
+        skip_bad: when iterating, a sample whose files are bad (corrupt, wrong band count, wrong
+            dtype, cannot be warped, missing) is skipped, logged, and recorded in :attr:`skipped` as
+            ``(id, reason)`` instead of raising. Indexing a bad sample always raises.
+        s2_offset: DN to subtract from every S2 band regardless of metadata (e.g. 1000 for a
+            collection known to be offset, 0 to keep file values); ``None`` decides per band by
+            :func:`baseline_offset`.
+
+    Attributes:
+        skipped: ``(id, reason)`` of the samples skipped during discovery or the last iteration.
+    """
+
+    source: ClassVar[str] = "raster"
+    gsd_m: ClassVar[float] = 10.0
+
+    def __init__(
+        self, *, sensors: Sequence[str] | None = None, skip_bad: bool = False, s2_offset: int | None = None
+    ) -> None:
+        known = set(list_sensors())
+        if sensors is not None:
+            unknown = [k for k in sensors if k not in known and not k.startswith("label.")]
+            if unknown:
+                raise ValueError(f"{self.source}: unknown sensor key(s) {unknown}; known: {sorted(known)}")
+        self.sensors = None if sensors is None else tuple(sensors)
+        self.skip_bad = skip_bad
+        self.s2_offset = s2_offset
+        self.skipped: list[tuple[str, str]] = []
+        self._items = self._select(self._discover())
+        self._discovery_skips = list(self.skipped)
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def _discover(self) -> list[Item]:
+        """The samples of this layout, in a stable order."""
+        raise NotImplementedError
+
+    # -- sequence protocol ---------------------------------------------------------------------
+    def items(self) -> list[Item]:
+        """What the reader found: one :class:`Item` per sample (files, times, labels)."""
+        return list(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.load(self._items[i])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.skipped = list(self._discovery_skips)
+        for item in self._items:
+            try:
+                sample = self.load(item)
+            except ValueError as err:
+                if not self.skip_bad:
+                    raise
+                self._skip(item.id, str(err))
+                continue
+            yield sample
+
+    def _bad(self, sample_id: str, err: ValueError) -> None:
+        """A bad sample found during discovery: raise, or record it under ``skip_bad``."""
+        if not self.skip_bad:
+            raise err
+        self._skip(sample_id, str(err))
+
+    def _skip(self, sample_id: str, reason: str) -> None:
+        self.skipped.append((sample_id, reason))
+        log.warning("%s: skipping %s: %s", self.source, sample_id, reason)
+
+    def _select(self, items: list[Item]) -> list[Item]:
+        if self.sensors is None:
+            return items
+        present = {k for it in items for k in it.keys}
+        absent = [k for k in self.sensors if k not in present]
+        if absent:
+            raise ValueError(f"{self.source}: requested {absent} but found only {sorted(present)}")
+        keep = set(self.sensors)
+        any_label = any(k.startswith("label.") for k in keep)  # no label key named: keep all labels
+        out = []
+        for it in items:
+            it.layers = [layer for layer in it.layers if layer.sensor in keep]
+            it.labels = [lab for lab in it.labels if lab.key in keep or not any_label]
+            it.arrays = {k: v for k, v in it.arrays.items() if k in keep or not any_label}
+            if it.layers or any(lab.key in keep for lab in it.labels):
+                out.append(it)
+        return out
+
+    # -- loading --------------------------------------------------------------------------------
+    def load(self, item: Item) -> dict[str, Any]:
+        """Read one item into a sample dict.
+
+        Returns:
+            ``{"id", <sensor>: (C, H, W), "valid.<sensor>": (C, H, W) bool, label keys, "meta"}``
+            where ``meta`` holds ``source``, ``crs``, ``transform`` (6 floats), ``bounds``,
+            ``footprint_wgs84``, ``times``, ``files``, ``bands`` and ``dn_offset`` (per S2 sensor:
+            ``{"dn": per-band DN removed, "rule": ...}``).
+
+        Raises:
+            ValueError: a file is missing, unreadable, truncated, has the wrong band count or
+                dtype, or cannot be warped onto the sample grid; the message names the file.
+        """
+        grid = self._reference_grid(item)
+        meta: dict[str, Any] = {
+            "source": self.source,
+            "crs": grid.crs.to_string() if grid.crs is not None else None,
+            "transform": [float(v) for v in tuple(grid.transform)[:6]],
+            "bounds": list(grid.bounds),
+            "footprint_wgs84": grid.footprint_wgs84(),
+            "times": {},
+            "files": {},
+            "bands": {},
+            "dn_offset": {},
+        }
+        sample: dict[str, Any] = {"id": item.id}
+        for layer in item.layers:
+            spec = get_sensor(layer.sensor)
+            data, valid, time, offset = self._read_layer(layer, spec, grid)
+            sample[layer.sensor], sample[f"valid.{layer.sensor}"] = data, valid
+            meta["times"][layer.sensor] = iso_utc(time)
+            meta["files"][layer.sensor] = [str(p) for p in layer.files]
+            meta["bands"][layer.sensor] = spec.band_names
+            if offset is not None:
+                meta["dn_offset"][layer.sensor] = offset
+        for lab in item.labels:
+            sample[lab.key] = self._read_label(lab, grid)
+            meta["files"][lab.key] = [str(lab.path)]
+        sample.update(item.arrays)
+        meta.update(item.meta)
+        sample["meta"] = meta
+        return sample
+
+    def _reference_grid(self, item: Item) -> Grid:
+        """The grid of the finest file of the item's first layer, at ``gsd_m`` where projected."""
+        if item.layers:
+            paths = item.layers[0].files
+        elif item.labels:
+            paths = [item.labels[0].path]
+        else:
+            raise ValueError(f"{self.source}: sample {item.id} has nothing to read")
+        grids = []
+        for path in paths:
+            with _open(path) as ds:
+                grids.append(Grid.of(ds))
+        return min(grids, key=lambda g: g.pixel_area).at_gsd(self.gsd_m)
+
+    def _read_layer(
+        self, layer: SensorLayer, spec: SensorSpec, grid: Grid
+    ) -> tuple[np.ndarray, np.ndarray, datetime | None, dict[str, Any] | None]:
+        """One sensor on ``grid``: (data in file units, valid mask, time, offset record)."""
+        out = np.full((spec.num_channels, grid.height, grid.width), np.nan, dtype=np.float32)
+        band_tags: list[dict[str, Any]] = [{} for _ in spec.band_names]
+        metadata = {**(read_json(layer.sidecar) if layer.sidecar else {}), **layer.metadata}
+        positions: dict[Path, list[int]] = {}
+        for pos, ref in enumerate(layer.bands):
+            positions.setdefault(ref.path, []).append(pos)
+        resampling = Resampling.bilinear
+        for path, poss in positions.items():
+            with _open(path) as ds:
+                self._check_file(ds, path, spec, len(poss))
+                order = _stack_order(ds, path, spec) if len(poss) > 1 else None
+                src = Grid.of(ds)
+                for pos in poss:
+                    index = order[spec.band_names[pos]] if order else layer.bands[pos].index
+                    raw = _read_band(ds, path, index)
+                    x = raw.astype(np.float32)
+                    bad = ~np.isfinite(x)
+                    file_nodata = ds.nodatavals[index - 1]
+                    if file_nodata is not None and not math.isnan(file_nodata):
+                        bad |= raw == file_nodata
+                    if not math.isnan(spec.nodata):
+                        bad |= raw == spec.nodata
+                    x[bad] = np.nan
+                    out[pos] = _warp(x, src, grid, resampling, path)
+                    band_tags[pos] = {**metadata, **ds.tags(), **ds.tags(index)}
+        all_tags = {k: v for tags in band_tags for k, v in tags.items()}
+        time = layer.time or next(
+            (parse_time(v) for k, v in all_tags.items() if str(k).upper() in _TIME_KEYS and parse_time(v)),
+            None,
+        )
+        valid = np.isfinite(out)
+        offset = None
+        if layer.sensor in OFFSET_SENSORS:
+            decided = [
+                (self.s2_offset, "override")
+                if self.s2_offset is not None
+                else baseline_offset(band_tags[i], n, time)
+                for i, n in enumerate(spec.band_names)
+            ]
+            dn = np.array([d for d, _ in decided], dtype=np.float32)
+            out -= dn[:, None, None]
+            offset = {"dn": [int(d) for d in dn], "rule": decided[0][1]}
+        if math.isnan(spec.nodata):
+            return out, valid, time, offset
+        # Integer DN sensors: round, keep valid pixels off the nodata value (dark pixels of
+        # offset products can go below 0 reflectance: clipped to 1 DN), saturate at int16.
+        data = np.where(valid, np.clip(np.rint(out), 1, _INT16_MAX), spec.nodata)
+        return data.astype(spec.file_dtype), valid, time, offset
+
+    def _check_file(self, ds: rasterio.io.DatasetReader, path: Path, spec: SensorSpec, bands: int) -> None:
+        if ds.count != bands:
+            raise ValueError(
+                f"{path}: has {ds.count} band(s), but {spec.key} expects {bands} here "
+                f"({spec.num_channels} in all: {spec.band_names})"
+            )
+        kind = np.dtype(ds.dtypes[0]).kind
+        if np.dtype(spec.file_dtype).kind in "iu" and kind not in "iu":
+            raise ValueError(
+                f"{path}: holds {ds.dtypes[0]}, but {spec.key} files hold integer DN "
+                f"({spec.units} x {round(1 / spec.dn_scale)})"
+            )
+        if spec.units == "dB" and kind != "f":
+            raise ValueError(
+                f"{path}: holds {ds.dtypes[0]}, but {spec.key} is float dB; integer dB "
+                "files have lost their fractional part"
+            )
+
+    def _read_label(self, lab: LabelLayer, grid: Grid) -> np.ndarray:
+        with _open(lab.path) as ds:
+            if ds.count != 1 or np.dtype(ds.dtypes[0]).kind not in "iu":
+                raise ValueError(
+                    f"{lab.path}: a label file must have 1 integer band, it has {ds.count} of {ds.dtypes[0]}"
+                )
+            raw = _read_band(ds, lab.path, 1)
+            x = raw.astype(np.float32)
+            x[raw == lab.fill] = np.nan
+            x = _warp(x, Grid.of(ds), grid, Resampling.nearest, lab.path)
+        return np.where(np.isfinite(x), x, lab.fill).astype(lab.dtype)

@@ -1,0 +1,92 @@
+"""Any S2/S1 GeoTIFF stacks listed in a CSV or parquet index."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from s12mae.readers.base import Item, RasterReader, SensorLayer, parse_time
+
+__all__ = ["GenericReader"]
+
+
+class GenericReader(RasterReader):
+    """Samples from an index file (``.csv`` or ``.parquet``), one row per sample.
+
+    Columns: ``id``; ``s2_path`` (a stack holding all bands of ``s2_sensor`` in spec order);
+    optional ``s1_path`` (VV, VH stack); ``s2_sensor`` (default ``s2_l1c``), ``s1_sensor``
+    (default ``s1_grd``), ``s2_time``, ``s1_time`` (ISO-8601; the S2 time drives the
+    baseline-04.00 rule where the file's tags say nothing). Relative paths are relative to the
+    index file's folder. The S2 grid (at 10 m where projected) is the sample grid; S1 is warped
+    onto it. A row naming a file that does not exist is a ValueError naming the index file, the
+    row and the path (or a skip under ``skip_bad``).
+
+    Args:
+        index: the index file.
+        sensors: subset of the sensor keys in the index.
+        skip_bad, s2_offset: see :class:`RasterReader`.
+    """
+
+    source = "generic"
+    defaults = {"s2_sensor": "s2_l1c", "s1_sensor": "s1_grd"}
+
+    def __init__(
+        self,
+        index: str | Path,
+        sensors: Sequence[str] | None = None,
+        *,
+        skip_bad: bool = False,
+        s2_offset: int | None = None,
+    ) -> None:
+        self.index = Path(index)
+        super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)
+
+    def _rows(self) -> list[dict[str, Any]]:
+        if not self.index.is_file():
+            raise ValueError(f"{self.index}: index file not found")
+        try:
+            if self.index.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                rows = pq.read_table(self.index).to_pylist()
+            else:
+                with self.index.open(newline="") as f:
+                    rows = list(csv.DictReader(f))
+        except (OSError, ValueError, csv.Error) as err:
+            raise ValueError(f"{self.index}: cannot read the index ({err})") from None
+        if rows and not {"id", "s2_path"} <= set(rows[0]):
+            raise ValueError(f"{self.index}: needs columns 'id' and 's2_path'; it has {sorted(rows[0])}")
+        return rows
+
+    def _discover(self) -> list[Item]:
+        items = []
+        for row_number, row in enumerate(self._rows()):
+            row = {k: v for k, v in row.items() if v not in (None, "")}
+            sample_id = f"{self.source}/{row.get('id', row_number)}"
+            try:
+                layers = []
+                for prefix in ("s2", "s1"):
+                    if f"{prefix}_path" not in row:
+                        continue
+                    path = Path(row[f"{prefix}_path"])
+                    path = path if path.is_absolute() else self.index.parent / path
+                    if not path.is_file():
+                        raise ValueError(
+                            f"{self.index}: row {row_number} (id {row.get('id')}): "
+                            f"{prefix}_path {path} does not exist"
+                        )
+                    sensor = row.get(f"{prefix}_sensor", self.defaults[f"{prefix}_sensor"])
+                    layers.append(SensorLayer.stack(sensor, path, parse_time(row.get(f"{prefix}_time"))))
+                if not layers:
+                    raise ValueError(f"{self.index}: row {row_number} (id {row.get('id')}): no s2_path")
+                items.append(Item(sample_id, layers))
+            except (ValueError, KeyError) as err:
+                self._bad(
+                    sample_id,
+                    err
+                    if isinstance(err, ValueError)
+                    else ValueError(f"{self.index}: row {row_number}: {err}"),
+                )
+        return items
