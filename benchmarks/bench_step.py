@@ -44,7 +44,7 @@ def build(method: str, encoder: str, decoder: str, img_size: int) -> torch.nn.Mo
     if method == "mixmae":
         from s12mae.methods.mixmae import MixMAE
 
-        return MixMAE(enc, decoder=decoder)
+        return MixMAE(enc, ["s2_l1c", "s1_grd"], decoder)
     raise SystemExit(f"unknown method {method!r}")
 
 

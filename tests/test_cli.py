@@ -22,7 +22,8 @@ def test_every_recipe_parses_into_a_valid_config(recipe):
     assert cfg.model.img_size % int(cfg.model.encoder.split("patch")[1]) == 0
 
 
-@pytest.mark.parametrize("method, recipe", [("mae", "demo.yaml"), ("auxmae", "auxmae_demo.yaml")])
+@pytest.mark.parametrize("method, recipe", [("mae", "demo.yaml"), ("auxmae", "auxmae_demo.yaml"),
+                                            ("mixmae", "mixmae_demo.yaml")])
 def test_demo_recipe_files_match_the_demo_code(method, recipe):
     p = pretrain_parser()
     from_file = config_from_namespace(p, p.parse_args(["--config", str(CONFIGS / recipe)]))
@@ -54,8 +55,9 @@ def test_demo_end_to_end_on_a_tiny_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "SMOKE CHECK" in printed and "not results" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert {m: s["steps"] for m, s in summary["methods"].items()} == {"mae": 4, "auxmae": 4}
-    pictures = {"mae": ["reconstruction_mae.png"], "auxmae": ["reconstruction_mae.png", "reconstruction_aux.png"]}
+    assert {m: s["steps"] for m, s in summary["methods"].items()} == {"mae": 4, "auxmae": 4, "mixmae": 4}
+    pictures = {"mae": ["reconstruction_mae.png"], "auxmae": ["reconstruction_mae.png", "reconstruction_aux.png"],
+                "mixmae": ["reconstruction_mix.png"]}
     for method, names in pictures.items():
         run = out / method
         for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "encoder.safetensors", *names):

@@ -37,12 +37,29 @@ class ModelConfig:
     """Sensor key of the masked input (the MAE task)."""
     aux_sensor: str = "s1_grd"
     """Sensor key of the auxiliary target that AuxMAE predicts from the unmasked input."""
+    aux_target_scale: int = 1
+    """AuxMAE: side of the target image / side of the input image (e.g. 4 for a 2.5 m target
+    from 10 m S2); the data must deliver the target at that size."""
     mask_ratio: float = 0.75
     """Fraction of patches hidden from the encoder in the MAE task."""
     norm_pix_loss: bool = False
     """Standardise each target patch by its own mean and variance (MAE option)."""
     drop_path: float = 0.0
     """Stochastic-depth rate of the encoder's last block."""
+    mix_sensors: list[str] = field(default_factory=lambda: ["s2_l1c", "s1_grd"])
+    """MixMAE: sensor keys whose patches are mixed; the first is the downstream input sensor."""
+    mix_proportions: list[float] | None = None
+    """MixMAE: relative share of the positions per sensor; ``None`` = equal (the paper's k = L/2)."""
+    mix_lambda: float = 0.5
+    """MixMAE with two sensors: weight of the second sensor's loss (S1), 1 - lambda for the first
+    (equation 1, the paper's 0.5); used when ``mix_loss_weights`` is ``None``."""
+    mix_loss_weights: list[float] | None = None
+    """MixMAE: loss weight per sensor (any number of sensors); ``None`` = from ``mix_lambda`` for
+    two sensors, equal for more."""
+    mix_drop_ratio: float = 0.0
+    """MixMAE: fraction of positions no sensor shows, left out of the encoder (ours; 0 = paper)."""
+    mix_sensor_embedding: bool = False
+    """MixMAE: add a learned per-sensor vector to each sensor's tokens (ours; the paper is silent)."""
 
     def __post_init__(self) -> None:
         _check(self.encoder in ENCODERS, f"model.encoder: unknown variant {self.encoder!r}; known: {sorted(ENCODERS)}")
@@ -52,8 +69,21 @@ class ModelConfig:
             self.img_size > 0 and self.img_size % p == 0,
             f"model.img_size: {self.img_size} is not divisible by the patch size {p} of {self.encoder}",
         )
+        _check(self.aux_target_scale >= 1, f"model.aux_target_scale: must be >= 1, got {self.aux_target_scale}")
         _check(0.0 < self.mask_ratio < 1.0, f"model.mask_ratio: must be in (0, 1), got {self.mask_ratio}")
         _check(0.0 <= self.drop_path < 1.0, f"model.drop_path: must be in [0, 1), got {self.drop_path}")
+        n, props, weights = len(self.mix_sensors), self.mix_proportions, self.mix_loss_weights
+        _check(n >= 2 and len(set(self.mix_sensors)) == n,
+               f"model.mix_sensors: need two or more distinct sensors, got {self.mix_sensors}")
+        _check(props is None or (len(props) == n and min(props) > 0),
+               f"model.mix_proportions: need {n} positive numbers (one per mix sensor), got {props}")
+        _check(0.0 <= self.mix_lambda <= 1.0, f"model.mix_lambda: must be in [0, 1], got {self.mix_lambda}")
+        _check(weights is None or (len(weights) == n and min(weights) >= 0 and sum(weights) > 0),
+               f"model.mix_loss_weights: need {n} non-negative numbers, not all 0, got {weights}")
+        _check(weights is None or self.mix_lambda == 0.5,
+               "model.mix_lambda and model.mix_loss_weights: set one of them, not both")
+        _check(0.0 <= self.mix_drop_ratio < 1.0,
+               f"model.mix_drop_ratio: must be in [0, 1), got {self.mix_drop_ratio}")
 
 
 @dataclass
@@ -156,7 +186,7 @@ class TrainConfig:
 class PretrainConfig:
     """A pretraining run: method, model, data, optimizer, schedule and loop."""
 
-    method: Literal["mae", "auxmae"] = "mae"
+    method: Literal["mae", "auxmae", "mixmae"] = "mae"
     """Pretraining method."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -23,7 +23,7 @@ BANNER = (
 )
 
 
-DEMO_METHODS = ("mae", "auxmae")
+DEMO_METHODS = ("mae", "auxmae", "mixmae")
 
 
 def demo_config(method: str = "mae", out_dir: str | None = None, data_path: str | None = None) -> PretrainConfig:

@@ -10,10 +10,11 @@ from s12mae.config import PretrainConfig
 from s12mae.methods.auxmae import AuxMAE
 from s12mae.methods.base import Batch, PretrainMethod
 from s12mae.methods.mae import MAE
+from s12mae.methods.mixmae import MixMAE
 from s12mae.models.vit import build_encoder
 from s12mae.sensors import get_sensor
 
-__all__ = ["METHODS", "MAE", "AuxMAE", "Batch", "PretrainMethod", "build_method"]
+__all__ = ["METHODS", "MAE", "AuxMAE", "MixMAE", "Batch", "PretrainMethod", "build_method"]
 
 
 def _build_mae(cfg: PretrainConfig) -> MAE:
@@ -26,11 +27,24 @@ def _build_mae(cfg: PretrainConfig) -> MAE:
 
 def _build_auxmae(cfg: PretrainConfig) -> nn.Module:
     aux = get_sensor(cfg.model.aux_sensor, cfg.data.stats)
-    # the loop feeds both sensors at the same size (simulated and prepared data), so scale 1
-    return AuxMAE(_build_mae(cfg), cfg.model.decoder, aux.key, aux.num_channels, target_scale=1)
+    return AuxMAE(_build_mae(cfg), cfg.model.decoder, aux.key, aux.num_channels, cfg.model.aux_target_scale)
 
 
-METHODS: dict[str, Callable[[PretrainConfig], nn.Module]] = {"mae": _build_mae, "auxmae": _build_auxmae}
+def _build_mixmae(cfg: PretrainConfig) -> MixMAE:
+    m = cfg.model
+    specs = [get_sensor(key, cfg.data.stats) for key in m.mix_sensors]
+    channels = {s.key: s.num_channels for s in specs}
+    encoder = build_encoder(m.encoder, channels, m.img_size, drop_path_rate=m.drop_path)
+    weights = m.mix_loss_weights
+    if weights is None and len(specs) == 2:
+        weights = [1.0 - m.mix_lambda, m.mix_lambda]  # equation 1: lambda weighs the second (S1)
+    return MixMAE(encoder, list(channels), m.decoder, m.mix_proportions, weights, m.mix_drop_ratio,
+                  m.mix_sensor_embedding, m.norm_pix_loss, cfg.train.seed)
+
+
+METHODS: dict[str, Callable[[PretrainConfig], nn.Module]] = {
+    "mae": _build_mae, "auxmae": _build_auxmae, "mixmae": _build_mixmae,
+}
 
 
 def build_method(cfg: PretrainConfig) -> nn.Module:

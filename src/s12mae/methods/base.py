@@ -8,6 +8,8 @@ trains. For each optimizer step it asks the schedule for a task, then per micro-
    (masked, valid pixels), computed without running the model;
 2. ``forward(batch, task, step)``: the *sums* of squared errors per loss term.
 
+Optionally, ``prepare_export()`` readies ``encoder`` for export at the end of a run.
+
 The loop all-reduces the denominators over micro-batches and ranks first, so the loss of a step
 is ``sum_j w_j * sum(num_j) / sum(den_j)`` over the whole global batch: the same number, and the
 same gradient, for 1 process or N ranks and for any accumulation, with or without nodata.

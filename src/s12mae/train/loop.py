@@ -300,4 +300,6 @@ def _finish(run_dir: Path, cfg: PretrainConfig, method: Any, datasets: dict[str,
         batch = {k: v.to(device) for k, v in batch.items()}
         plot_reconstructions(method.visualize(batch, task, step), run_dir / f"reconstruction_{task}.png",
                              cfg.data.stats)
+    if hasattr(method, "prepare_export"):  # optional hook, e.g. MixMAE folds its sensor embeddings
+        method.prepare_export()
     save_encoder(method.encoder, run_dir / "encoder.safetensors", cfg)
