@@ -94,3 +94,25 @@ def test_info_prints_variants_with_counts(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "vit_base_patch16" in out and "vitlite_512d6b" in out and "21.02M" in out
+
+
+def test_pair_shards_and_pretrain_from_shards_commands(tmp_path):
+    ssl4eo = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ssl4eo-s12-sample"
+    if not ssl4eo.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    import pyarrow.parquet as pq
+
+    assert main(["pair", str(ssl4eo), "--out", str(tmp_path / "pairs"), "--quiet", "true"]) == 0
+    pairs = pq.read_table(tmp_path / "pairs" / "pairs.parquet").to_pylist()
+    assert len(pairs) == 1 and pairs[0]["s2_time"].date().isoformat() == "2020-06-04"
+    sim = tmp_path / "sim"
+    assert main(["simulate", "--out", str(sim), "--sim.num_samples", "8", "--sim.img_size", "32"]) == 0
+    shards = tmp_path / "shards"
+    assert main(["shards", "--data", str(sim), "--out", str(shards), "--shards.sensors", "[s2_l1c, s1_grd]",
+                 "--shards.crop", "grid", "--shards.chip_size", "16"]) == 0
+    assert json.loads((shards / "shards.json").read_text())["num_samples"] == 8 * 4  # 2x2 grid chips
+    run = tmp_path / "run"
+    assert main(["pretrain", "--method", "mixmae", "--model.encoder", "vit_nano_patch8", "--model.decoder",
+                 "vitlite_128d2b", "--model.img_size", "16", "--data.path", str(shards), "--train.steps", "2",
+                 "--train.batch_size", "4", "--train.out_dir", str(run)]) == 0
+    assert (run / "reconstruction_mix.png").stat().st_size > 0

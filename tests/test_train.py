@@ -116,3 +116,25 @@ def test_schedules_are_deterministic_and_respect_their_definition():
     assert all(w.task_at(s) == ["mae", "aux"][ids[s]] for s in range(50))
     with pytest.raises(ValueError, match="unknown task"):
         TaskSchedule(["mae"], sequence=["aux"])
+
+
+def test_each_task_reads_its_own_shard_set(tmp_path):
+    from s12mae.shards import ShardConfig, write_shards, simulated_samples
+
+    data = write_simulated(tmp_path / "data", SimulationConfig(num_samples=24, img_size=32, seed=3, s1_fraction=0.5))
+    samples = simulated_samples(data)
+    write_shards(samples, tmp_path / "s2-all", ShardConfig(sensors=["s2_l1c"], chips_per_shard=8))
+    write_shards(samples, tmp_path / "pairs", ShardConfig(sensors=["s2_l1c", "s1_grd"], chips_per_shard=4))
+    cfg = tiny_config(str(tmp_path / "run"), steps=4, checkpoint_every=2)
+    cfg.method = "auxmae"
+    cfg.data.task_paths = {"mae": str(tmp_path / "s2-all"), "aux": str(tmp_path / "pairs")}
+    hist = pretrain(cfg).history
+    assert [r["task"] for r in hist] == ["mae", "aux", "mae", "aux"]
+    assert all(np.isfinite(r["loss"]) for r in hist)  # nodata=error: no S2-only scene reached the aux task
+    assert (tmp_path / "run" / "reconstruction_aux.png").stat().st_size > 0
+    cfg.train.steps = 6
+    assert len(pretrain(cfg, resume=True).history) == 6  # a stream resumes (at an epoch boundary)
+    cfg.data.task_paths = {"mea": str(tmp_path / "pairs")}
+    cfg.train.out_dir = str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['mea'\]"):
+        pretrain(cfg)

@@ -1,4 +1,4 @@
-"""The ``s12mae`` command line: simulate, pretrain, demo, stats, info, import-mae.
+"""The ``s12mae`` command line: simulate, pair, shards, stats, pretrain, demo, info, import-mae.
 
 Every option comes from the typed configs (``s12mae.config``); ``--config file.yaml`` reads a
 recipe and later flags override it; unknown keys are errors that name the key.
@@ -45,6 +45,23 @@ def _parser() -> ArgumentParser:
     sim.add_argument("--overwrite", type=bool, default=False)
     sub.add_subcommand("simulate", sim)
 
+    from s12mae.pairing import pair_cli
+    from s12mae.shards import ShardConfig
+
+    pair = ArgumentParser(description="Pair each S2 item with the closest S1 item of the same place within 7 days.")
+    pair.add_function_arguments(pair_cli, as_positional=True)
+    sub.add_subcommand("pair", pair)
+
+    shards = ArgumentParser(description="Write WebDataset shards of chips (one shard set per folder).")
+    shards.add_argument("--data", type=str, required=True, help="dataset (folder or index) in --layout")
+    shards.add_argument("--out", type=str, required=True, help="shard-set folder")
+    shards.add_argument("--layout", type=str, default="simulated",
+                        help="simulated, terramesh, sen1floods11, bigearthnet-v1, bigearthnet-v2, generic, pairs, s2-all")
+    shards.add_class_arguments(ShardConfig, "shards")
+    shards.add_argument("--skip_bad", type=bool, default=False, help="skip (count and log) unreadable samples")
+    shards.add_argument("--overwrite", type=bool, default=False)
+    sub.add_subcommand("shards", shards)
+
     sub.add_subcommand("pretrain", pretrain_parser())
 
     demo = ArgumentParser(description="Simulate data and pretrain every method on CPU in minutes (a smoke check).")
@@ -88,6 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             init = parser._subcommands_action._name_parser_map["simulate"].instantiate(args)
             path = write_simulated(args.out, init.sim, overwrite=args.overwrite)
             print(f"wrote {init.sim.num_samples} simulated scenes to {path}")
+        elif cmd == "pair":
+            from s12mae.pairing import pair_cli
+
+            pair_cli(**{k: v for k, v in vars(args).items() if k != "__path__"})
+        elif cmd == "shards":
+            from s12mae.shards import shards_cli
+
+            init = parser._subcommands_action._name_parser_map["shards"].instantiate(args)
+            shards_cli(args.data, args.out, init.shards, args.layout, args.skip_bad, args.overwrite)
         elif cmd == "pretrain":
             from s12mae.train.loop import pretrain
 

@@ -91,7 +91,14 @@ class DataConfig:
     """Where samples come from and how they are standardised."""
 
     path: str | None = None
-    """Dataset folder written by ``s12mae simulate``; ``None`` simulates ``simulated`` in memory."""
+    """Dataset of every task: a ``s12mae simulate`` folder or a shard set written by
+    ``s12mae shards`` (a folder with ``shards.json``); ``None`` simulates ``simulated`` in memory."""
+    task_paths: dict[str, str] | None = None
+    """Per-task datasets overriding ``path``, e.g. ``{mae: shards/s2-all, aux: shards/pairs}``:
+    under AGD each task draws from its own dataset (all S2 images for the MAE task, pairs for
+    the paired task)."""
+    shuffle_buffer: int = 1024
+    """Samples in the shuffle buffer of a shard stream (each rank and worker has its own)."""
     simulated: SimulationConfig = field(default_factory=SimulationConfig)
     """Scene simulation used when ``path`` is ``None``."""
     stats: str | None = None
@@ -104,6 +111,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, f"data.num_workers: must be >= 0, got {self.num_workers}")
+        _check(self.shuffle_buffer >= 1, f"data.shuffle_buffer: must be >= 1, got {self.shuffle_buffer}")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import default_collate
 import yaml
 from torch import nn
 from tqdm import tqdm
@@ -116,16 +117,35 @@ def _check_finite(batch: dict[str, torch.Tensor], sensors: Sequence[str]) -> Non
             )
 
 
-def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
-    """One dataset per task: the rows where every sensor the task needs is available."""
-    if cfg.data.path is not None:
-        arrays, source = load_arrays(cfg.data.path), str(cfg.data.path)
-    else:
-        from s12mae.simulate import simulate
+@dataclass
+class _TaskData:
+    """A task's micro-batch stream and a few samples for its picture."""
 
-        arrays, source = simulate(cfg.data.simulated), "simulated data"
+    loader: Any
+    preview: Callable[[int], dict[str, torch.Tensor]]
+
+
+def _is_shard_set(path: str | None) -> bool:
+    return path is not None and (Path(path) / "shards.json").is_file()
+
+
+def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
+    """In-memory/memory-mapped datasets of the tasks not fed by shards: for each task, the rows
+    where every sensor it needs is available."""
+    cache: dict[str | None, tuple[dict[str, Any], str]] = {}
     datasets = {}
     for task in method.tasks:
+        path = _task_path(cfg, task)
+        if _is_shard_set(path):
+            continue
+        if path not in cache:
+            if path is not None:
+                cache[path] = (load_arrays(path), str(path))
+            else:
+                from s12mae.simulate import simulate
+
+                cache[path] = (simulate(cfg.data.simulated), "simulated data")
+        arrays, source = cache[path]
         sensors = method.task_sensors(task)
         rows = available_rows(arrays, sensors)
         if len(rows) == 0:
@@ -133,6 +153,42 @@ def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
         datasets[task] = ArrayDataset(arrays, sensor_specs(sensors, cfg.data.stats), cfg.data.nodata,
                                       source=source, indices=rows)
     return datasets
+
+
+def _task_path(cfg: PretrainConfig, task: str) -> str | None:
+    return (cfg.data.task_paths or {}).get(task, cfg.data.path)
+
+
+def _task_data(cfg: PretrainConfig, method: Any, d: _Dist, micro: int,
+               steps_of: dict[str, list[int]]) -> dict[str, _TaskData]:
+    """Each task's loader: step-keyed for arrays, an epoch-resumable stream for shard sets."""
+    from s12mae.shards import read_manifest, resume_epoch, shard_loader
+
+    unknown = sorted(set(cfg.data.task_paths or {}) - set(method.tasks))
+    if unknown:
+        raise ValueError(f"data.task_paths names unknown task(s) {unknown}; the tasks are {list(method.tasks)}")
+    arrays = _task_datasets(cfg, method)
+    out = {}
+    for task in method.tasks:
+        if task in arrays:
+            ds = arrays[task]
+            loader = task_loader(ds, steps_of[task], cfg.train.batch_size, micro, cfg.train.seed,
+                                 d.rank, d.world, cfg.data.num_workers)
+            out[task] = _TaskData(iter(loader), lambda n, ds=ds: default_collate([ds[i] for i in range(min(n, len(ds)))]))
+            continue
+        path = str(_task_path(cfg, task))
+        if read_manifest(path)["num_samples"] == 0:
+            raise ValueError(f"{path}: task {task!r} has an empty dataset (the shard set holds no sample)")
+        specs = sensor_specs(method.task_sensors(task), cfg.data.stats)
+        done = (steps_of[task][0] if steps_of[task] else 0) * cfg.train.batch_size  # task samples before start
+
+        def make(epoch: int, batch: int, path: str = path, specs: list = specs) -> Any:
+            return shard_loader(path, specs, batch, cfg.train.seed, d.rank, d.world, cfg.data.num_workers,
+                                cfg.data.shuffle_buffer, epoch, cfg.data.nodata)
+
+        loader = make(resume_epoch(path, done), micro)
+        out[task] = _TaskData(iter(loader), lambda n, make=make: next(iter(make(0, n))))
+    return out
 
 
 def _batch_sizes(cfg: PretrainConfig, d: _Dist) -> tuple[int, int]:
@@ -199,15 +255,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         start = int(state["step"])
         if start >= cfg.train.steps:
             raise ValueError(f"{resume_from}: the run is complete ({start} of {cfg.train.steps} steps)")
-    datasets = _task_datasets(cfg, method)
     micro, accum = _batch_sizes(cfg, d)
     schedule = TaskSchedule(method.tasks, cfg.schedule.sequence, cfg.schedule.weights, cfg.train.seed)
     steps_of = schedule.task_steps(start, cfg.train.steps)
-    loaders = {
-        task: iter(task_loader(datasets[task], steps_of[task], cfg.train.batch_size, micro,
-                               cfg.train.seed, d.rank, d.world, cfg.data.num_workers))
-        for task in method.tasks
-    }
+    data = _task_data(cfg, method, d, micro, steps_of)
+    loaders = {task: td.loader for task, td in data.items()}
     params = [p for p in method.parameters() if p.requires_grad]
     use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
@@ -280,13 +332,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
                                                     "rng_cpu": torch.get_rng_state(), "method": cfg.method})
     bar.close()
     if d.rank == 0:
-        _finish(run_dir, cfg, method, datasets, cfg.train.steps - 1, d.device)
+        _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
     if d.world > 1:
         dist.barrier()
     return RunResult(run_dir, history + this_run if d.rank == 0 else this_run, method)
 
 
-def _finish(run_dir: Path, cfg: PretrainConfig, method: Any, datasets: dict[str, ArrayDataset],
+def _finish(run_dir: Path, cfg: PretrainConfig, method: Any, data: dict[str, _TaskData],
             step: int, device: torch.device) -> None:
     """Loss curve, reconstruction pictures and the exported encoder."""
     from s12mae.export import save_encoder
@@ -294,10 +346,8 @@ def _finish(run_dir: Path, cfg: PretrainConfig, method: Any, datasets: dict[str,
 
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     method.eval()
-    for task, ds in datasets.items():
-        n = min(4, len(ds))
-        batch = torch.utils.data.default_collate([ds[i] for i in range(n)])
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for task, td in data.items():
+        batch = {k: v.to(device) for k, v in td.preview(4).items()}
         plot_reconstructions(method.visualize(batch, task, step), run_dir / f"reconstruction_{task}.png",
                              cfg.data.stats)
     if hasattr(method, "prepare_export"):  # optional hook, e.g. MixMAE folds its sensor embeddings
