@@ -33,6 +33,9 @@ PRESETS = {  # name: (encoder, decoder, img_size, batch)
 }
 
 
+MIX_DROP_RATIO = 0.0  # set by --mix_drop_ratio
+
+
 def build(method: str, encoder: str, decoder: str, img_size: int) -> torch.nn.Module:
     """The method with an S2 encoder (and an S1 patch embedding where the method mixes S1 in)."""
     sensors = {"s2_l1c": 13, "s1_grd": 2} if method == "mixmae" else {"s2_l1c": 13}
@@ -44,8 +47,12 @@ def build(method: str, encoder: str, decoder: str, img_size: int) -> torch.nn.Mo
     if method == "mixmae":
         from s12mae.methods.mixmae import MixMAE
 
-        return MixMAE(enc, ["s2_l1c", "s1_grd"], decoder)
+        return MixMAE(enc, ["s2_l1c", "s1_grd"], decoder, drop_ratio=MIX_DROP_RATIO)
     raise SystemExit(f"unknown method {method!r}")
+
+
+def _suffix(method: str) -> str:
+    return f" (drop {MIX_DROP_RATIO:g})" if method == "mixmae" and MIX_DROP_RATIO else ""
 
 
 def run_case(preset: str, method: str, steps: int, warmup: int, device: torch.device, peak: float) -> list[str]:
@@ -58,7 +65,7 @@ def run_case(preset: str, method: str, steps: int, warmup: int, device: torch.de
              "index": torch.arange(batch_size, device=device)}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     return [_time_task(model, opt, batch, task, amp, steps, warmup, device, peak,
-                       f"| {preset} | {method}:{task} | {encoder} + {decoder} | {img_size} | {batch_size} | ")
+                       f"| {preset} | {method}{_suffix(method)}:{task} | {encoder} + {decoder} | {img_size} | {batch_size} | ")
             for task in model.tasks]
 
 
@@ -101,10 +108,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--mix_drop_ratio", type=float, default=0.0, help="MixMAE: fraction of positions dropped")
     ap.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global MIX_DROP_RATIO
+    MIX_DROP_RATIO = args.mix_drop_ratio
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
