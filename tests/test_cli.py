@@ -51,7 +51,7 @@ def test_unknown_key_and_bad_size_are_errors_that_name_them(tmp_path, capsys):
 
 def test_demo_end_to_end_on_a_tiny_run(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "4", "--num_samples", "16"]) == 0
+    assert main(["demo", "--out", str(out), "--steps", "4", "--num_samples", "16", "--eval_steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "SMOKE CHECK" in printed and "not results" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -64,6 +64,8 @@ def test_demo_end_to_end_on_a_tiny_run(tmp_path, capsys):
             assert (run / name).stat().st_size > 0, name
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
         assert yaml.safe_load((run / "config.yaml").read_text())["data"]["stats"] == str(out / "stats.json")
+    table = (out / "table" / "table.md").read_text()
+    assert "| Frozen | mae |" in table and "random init" in table and "not results" in table
 
 
 def test_simulate_stats_and_pretrain_commands(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The ``s12mae`` command line: simulate, pair, shards, stats, pretrain, demo, info, import-mae.
+"""The ``s12mae`` command line: simulate, pair, shards, stats, pretrain, evaluate, table, demo, info, import-mae.
 
 Every option comes from the typed configs (``s12mae.config``); ``--config file.yaml`` reads a
 recipe and later flags override it; unknown keys are errors that name the key.
@@ -64,10 +64,20 @@ def _parser() -> ArgumentParser:
 
     sub.add_subcommand("pretrain", pretrain_parser())
 
+    from s12mae.evaluation import evaluate, table
+
+    ev = ArgumentParser(description="Train a new head on a pretrained encoder (frozen or finetuned) and score it.")
+    ev.add_function_arguments(evaluate)
+    sub.add_subcommand("evaluate", ev)
+    tab = ArgumentParser(description="Table 2: methods x scenarios x tasks x seeds, mean +- std, Markdown and CSV.")
+    tab.add_function_arguments(table)
+    sub.add_subcommand("table", tab)
+
     demo = ArgumentParser(description="Simulate data and pretrain every method on CPU in minutes (a smoke check).")
     demo.add_argument("--out", type=str, default="runs/demo", help="run folder")
     demo.add_argument("--steps", type=int, default=None, help="pretraining steps per method (default: the recipe's)")
     demo.add_argument("--num_samples", type=int, default=None, help="simulated scenes (default: the recipe's)")
+    demo.add_argument("--eval_steps", type=int, default=None, help="head-training steps per task (default 60)")
     sub.add_subcommand("demo", demo)
 
     stats = ArgumentParser(description="Per-band mean/std of a dataset in model units, for the sensor specs.")
@@ -120,10 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             sub = parser._subcommands_action._name_parser_map["pretrain"]
             result = pretrain(config_from_namespace(sub, args), resume=args.resume)
             print(f"run folder: {result.run_dir}")
+        elif cmd in ("evaluate", "table"):
+            from s12mae.evaluation import evaluate, table
+
+            init = parser._subcommands_action._name_parser_map[cmd].instantiate(args)
+            fn = evaluate if cmd == "evaluate" else table
+            fn(**{k: v for k, v in vars(init).items() if k != "__path__"})
         elif cmd == "demo":
             from s12mae.demo import run_demo
 
-            run_demo(Path(args.out), steps=args.steps, num_samples=args.num_samples)
+            run_demo(Path(args.out), steps=args.steps, num_samples=args.num_samples, eval_steps=args.eval_steps)
         elif cmd == "stats":
             from s12mae.stats import compute_stats_file
 

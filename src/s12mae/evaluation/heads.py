@@ -1,0 +1,234 @@
+"""Downstream heads, the input adapter (band mapping, resizing) and the encoder + head model.
+
+Every head reads the encoder's tokens ``(N, 1 + L, D)`` (class token first, final norm applied,
+``ViTEncoder.forward_features``) and the token grid, so no head special-cases a method.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s12mae.evaluation.config import EvalDataConfig, HeadConfig
+from s12mae.models.decoder import build_decoder
+from s12mae.models.patches import unpatchify
+from s12mae.models.vit import ViTEncoder
+from s12mae.sensors import SensorSpec, get_sensor
+
+__all__ = ["EvalModel", "InputAdapter", "LinearProbe", "UpsampleSegHead", "ViTLiteSegHead", "build_head",
+           "plan_input"]
+
+
+class LinearProbe(nn.Module):
+    """Linear classifier on pooled tokens: ``(N, 1 + L, D) -> (N, K)`` logits.
+
+    Args:
+        in_dim: token width ``D``.
+        num_classes: ``K``.
+        pool: ``mean`` of the patch tokens (DESIGN-NOTES 2) or the ``cls`` token.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, pool: str = "mean") -> None:
+        super().__init__()
+        self.pool = pool
+        self.fc = nn.Linear(in_dim, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.01)  # MAE linear probe init
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        pooled = tokens[:, 1:].mean(1) if self.pool == "mean" else tokens[:, 0]  # (N, D)
+        return self.fc(pooled)
+
+
+class ViTLiteSegHead(nn.Module):
+    """ViT-Lite decoder over all tokens (no masking) + per-token linear segmentation head.
+
+    The decoder's final ``Linear`` (``pred``) is the segmentation head: it predicts
+    ``p_out * p_out * K`` logits per token, unpatchified to ``(N, K, gh * p_out, gw * p_out)``
+    with ``p_out = patch_size * label_scale`` (4x for super-resolution).
+
+    Args:
+        decoder: ViT-Lite variant (``DECODERS``).
+        in_dim: encoder token width.
+        grid: token grid the decoder's position table is built for.
+        patch_out: output pixels per token side ``p_out``.
+        num_classes: ``K``.
+    """
+
+    def __init__(self, decoder: str, in_dim: int, grid: tuple[int, int], patch_out: int, num_classes: int) -> None:
+        super().__init__()
+        self.patch_out, self.num_classes = patch_out, num_classes
+        self.decoder = build_decoder(decoder, in_dim, grid, patch_out * patch_out * num_classes)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        out = self.decoder(tokens, grid)  # (N, L, p_out * p_out * K)
+        return unpatchify(out, self.patch_out, grid, self.num_classes)
+
+
+class UpsampleSegHead(nn.Module):
+    """1x1 convolution on the token feature map + bilinear upsampling (a linear dense probe).
+
+    ``(N, 1 + L, D) -> (N, K, gh * scale, gw * scale)`` with ``scale = patch_size * label_scale``.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.conv = nn.Conv2d(in_dim, num_classes, kernel_size=1)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        n, _, d = tokens.shape
+        fmap = tokens[:, 1:].transpose(1, 2).reshape(n, d, *grid)  # (N, D, gh, gw)
+        return F.interpolate(self.conv(fmap), scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+
+def build_head(kind: str, cfg: HeadConfig, encoder: ViTEncoder, grid: tuple[int, int], num_classes: int,
+               label_scale: int) -> nn.Module:
+    """The head of a task kind (``multilabel``: linear probe; ``segmentation``: ``cfg.segmentation``)."""
+    if kind == "multilabel":
+        return LinearProbe(encoder.embed_dim, num_classes, cfg.pool)
+    patch_out = encoder.patch_size * label_scale
+    if cfg.segmentation == "vitlite":
+        return ViTLiteSegHead(cfg.decoder, encoder.embed_dim, grid, patch_out, num_classes)
+    return UpsampleSegHead(encoder.embed_dim, num_classes, patch_out)
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """How a task's input becomes the encoder's input.
+
+    Attributes:
+        encoder_sensor: patch embedding used.
+        source_index: for each encoder band, the task channel that feeds it (``-1``: filled with 0).
+        filled: encoder bands the task lacks (filled with 0 = the standardised band mean).
+        size: encoder input ``(H, W)`` (resized from the task's when the patch does not divide it).
+        task_size: the task's input ``(H, W)``.
+    """
+
+    encoder_sensor: str
+    source_index: tuple[int, ...]
+    filled: tuple[str, ...]
+    size: tuple[int, int]
+    task_size: tuple[int, int]
+
+
+def _nearest_multiple(n: int, p: int) -> int:
+    return max(p, int(math.floor(n / p + 0.5)) * p)
+
+
+def plan_input(encoder: ViTEncoder, spec: SensorSpec, size: tuple[int, int], data: EvalDataConfig,
+               checkpoint: str) -> InputPlan:
+    """Match a task's input to the encoder's patch embeddings, by band name.
+
+    Rule: use the encoder's patch embedding for the task's sensor key if it has one; otherwise the
+    one whose sensor shares the most band names with the task's (ties: the encoder's order).
+    Encoder bands the task lacks are filled with 0, the band's standardised mean (e.g. B10 for an
+    L2A task on an L1C encoder); ``data.missing_bands="error"`` refuses instead. Sizes the patch
+    does not divide are resized to the nearest multiple (``data.resize``).
+
+    Raises:
+        ValueError: no patch embedding shares a band with the task, bands are missing under
+            ``missing_bands="error"``, or the patch does not divide the image under
+            ``resize="none"``; the message names the checkpoint and the task input.
+    """
+    what = f"checkpoint {checkpoint} (sensors {encoder.in_chans}, patch {encoder.patch_size})"
+    task_bands = spec.band_names
+    best: tuple[int, str, list[str]] | None = None
+    for key, chans in encoder.in_chans.items():
+        try:
+            bands = get_sensor(key).band_names
+        except (KeyError, ValueError):
+            continue  # a sensor this installation has no spec for cannot be matched by name
+        if len(bands) != chans:
+            raise ValueError(f"{what}: patch embedding {key!r} takes {chans} channels but the {key} spec "
+                             f"has {len(bands)} bands {bands}")
+        shared = len(set(bands) & set(task_bands))
+        if key == spec.key:
+            best = (len(bands) + 1, key, bands)
+            break
+        if shared and (best is None or shared > best[0]):
+            best = (shared, key, bands)
+    if best is None:
+        raise ValueError(f"{what} cannot read the task input {spec.key} with bands {task_bands}: "
+                         "no patch embedding shares a band with it")
+    _, key, bands = best
+    lookup = {b: i for i, b in enumerate(task_bands)}
+    index = tuple(lookup.get(b, -1) for b in bands)
+    filled = tuple(b for b in bands if b not in lookup)
+    if filled and data.missing_bands == "error":
+        raise ValueError(f"{what}: task input {spec.key} lacks encoder band(s) {list(filled)} of {key} "
+                         "(data.missing_bands=error; 'zeros' fills them with the standardised mean)")
+    h, w = size
+    p = encoder.patch_size
+    if h % p or w % p:
+        if data.resize == "none":
+            raise ValueError(f"{what}: patch size {p} does not divide the task input {spec.key} of "
+                             f"{h}x{w} px (data.resize=none; 'nearest_multiple' resizes to "
+                             f"{_nearest_multiple(h, p)}x{_nearest_multiple(w, p)})")
+        size = (_nearest_multiple(h, p), _nearest_multiple(w, p))
+    return InputPlan(key, index, filled, tuple(size), (h, w))
+
+
+class InputAdapter(nn.Module):
+    """Task input ``(N, C_task, H, W)`` -> encoder input ``(N, C_enc, H', W')`` per an :class:`InputPlan`."""
+
+    def __init__(self, plan: InputPlan) -> None:
+        super().__init__()
+        self.plan = plan
+        idx = torch.tensor([max(i, 0) for i in plan.source_index])
+        keep = torch.tensor([i >= 0 for i in plan.source_index], dtype=torch.float32)
+        self.register_buffer("index", idx, persistent=False)
+        self.register_buffer("keep", keep.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.index_select(1, self.index) * self.keep  # missing bands -> 0 (standardised mean)
+        if tuple(x.shape[-2:]) != self.plan.size:
+            x = F.interpolate(x, size=self.plan.size, mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+
+class EvalModel(nn.Module):
+    """Input adapter + encoder + head; ``frozen`` keeps the encoder fixed and in eval mode.
+
+    Args:
+        encoder: pretrained (or random) encoder.
+        head: task head (``head(tokens, grid)``).
+        adapter: task input -> encoder input.
+        frozen: encoder parameters get ``requires_grad=False`` and the encoder stays in eval mode
+            even under ``model.train()``; its features are computed without autograd.
+        out_size: segmentation: the label grid; logits of another size are resized bilinearly.
+    """
+
+    def __init__(self, encoder: ViTEncoder, head: nn.Module, adapter: InputAdapter, frozen: bool,
+                 out_size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.encoder, self.head, self.adapter = encoder, head, adapter
+        self.frozen, self.out_size = frozen, out_size
+        if frozen:
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def train(self, mode: bool = True) -> EvalModel:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Task input ``(N, C, H, W)`` -> logits ``(N, K)`` or ``(N, K, H_label, W_label)``."""
+        x = self.adapter(x)
+        grid = self.encoder.patch_grid(x.shape[-2], x.shape[-1])
+        sensor = self.adapter.plan.encoder_sensor
+        if self.frozen:
+            with torch.no_grad():
+                tokens = self.encoder.forward_features(x, sensor)
+        else:
+            tokens = self.encoder.forward_features(x, sensor)  # (N, 1 + L, D)
+        out = self.head(tokens, grid)
+        if self.out_size is not None and tuple(out.shape[-2:]) != tuple(self.out_size):
+            out = F.interpolate(out, size=self.out_size, mode="bilinear", align_corners=False)
+        return out

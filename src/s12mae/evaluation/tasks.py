@@ -1,0 +1,273 @@
+"""Downstream tasks: the :class:`EvalTask` interface, its registry, and the simulated tasks.
+
+A task is two torch ``Dataset`` splits of sample dicts plus metadata. Each sample holds
+
+* ``task.sensor`` (``"s2_l1c"``, ``"s2_l2a"``, ...): float32 ``(C, H, W)``, standardised with
+  ``task.spec`` (the spec's bands in its order);
+* ``"label"``: segmentation: int64 ``(H * label_scale, W * label_scale)`` class indices with
+  ``ignore_index`` (-1) for pixels that neither train nor count; multi-label: ``(K,)`` of 0/1;
+* ``"index"``: int64 sample number, used in error messages.
+
+Real readers plug in with :func:`register_task` (``register_task("bigearthnet", "real", fn)``,
+then ``data.source="real"``). The built-in ``simulated`` source derives every task from
+:mod:`s12mae.simulate` (train and test from separate simulation seeds, or from index ranges of a
+dataset folder), so the whole evaluation runs without downloads. Nothing simulated is a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from s12mae.evaluation.config import EvalDataConfig
+from s12mae.sensors import SensorSpec, get_sensor
+from s12mae.simulate import LAND_COVER_CLASSES, SimulationConfig, load_simulated, simulate
+
+__all__ = ["TASKS", "EvalTask", "build_task", "register_task"]
+
+TaskKind = Literal["segmentation", "multilabel"]
+
+
+@dataclass
+class EvalTask:
+    """A downstream task: data splits and what to predict.
+
+    Attributes:
+        name: task name (``sen1floods11``, ``bigearthnet``, ``srseg``).
+        kind: ``segmentation`` (per-pixel classes) or ``multilabel`` (scene classes).
+        sensor: key of the input image in each sample and of its spec (``s2_l1c``, ``s2_l2a``).
+        spec: sensor spec with the statistics the input was standardised with (band names for
+            the mapping onto the encoder, ``to_display`` for pictures).
+        class_names: one name per class / label.
+        train: training split.
+        test: test split.
+        headline: name of the metric of Table 2 (a key of the metrics dict).
+        label_scale: label grid / input grid (4 for super-resolution segmentation).
+        ignore_index: label value of pixels that neither train nor count (segmentation).
+        source: where the data came from, for error messages and ``metrics.json``.
+        notes: one line on choices a reader must know (e.g. how clouds are labelled).
+    """
+
+    name: str
+    kind: TaskKind
+    sensor: str
+    spec: SensorSpec
+    class_names: tuple[str, ...]
+    train: Dataset
+    test: Dataset
+    headline: str
+    label_scale: int = 1
+    ignore_index: int = -1
+    source: str = "dataset"
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("segmentation", "multilabel"):
+            raise ValueError(f"task {self.name}: kind must be 'segmentation' or 'multilabel', got {self.kind!r}")
+        if self.spec.key != self.sensor:
+            raise ValueError(f"task {self.name}: spec {self.spec.key!r} is not the input sensor {self.sensor!r}")
+        if len(self.class_names) < 1 or self.label_scale < 1:
+            raise ValueError(f"task {self.name}: needs >= 1 class and label_scale >= 1")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def check_batch(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        """Raise a ``ValueError`` naming the source and sample if the input or labels are unusable.
+
+        Args:
+            batch: collated samples (``(N, ...)`` tensors, ``index`` among them).
+            split: ``train`` or ``test``, for the message.
+        """
+        where = f"{self.source} ({self.name}, {split} split)"
+        for key in (self.sensor, "label"):
+            if key not in batch:
+                raise ValueError(f"{where}: samples have no {key!r} entry; they hold {sorted(batch)}")
+        idx = batch.get("index", torch.arange(len(batch["label"])))
+        x, y = batch[self.sensor], batch["label"]
+        if x.ndim != 4 or x.shape[1] != self.spec.num_channels:
+            raise ValueError(f"{where}: input {self.sensor} of shape {tuple(x.shape)}, expected "
+                             f"(N, {self.spec.num_channels}, H, W) with bands {self.spec.band_names}")
+        finite = torch.isfinite(x).flatten(1).all(1)
+        if not bool(finite.all()):
+            raise ValueError(f"{where}: non-finite input in sample(s) {idx[~finite].tolist()[:10]}")
+        if self.kind == "segmentation":
+            want = (x.shape[-2] * self.label_scale, x.shape[-1] * self.label_scale)
+            if y.ndim != 3 or tuple(y.shape[-2:]) != want:
+                raise ValueError(f"{where}: labels of shape {tuple(y.shape)}, expected (N, {want[0]}, {want[1]}) "
+                                 f"(input {tuple(x.shape[-2:])} x label_scale {self.label_scale})")
+            bad = ((y < 0) & (y != self.ignore_index)) | (y >= self.num_classes)
+            what = f"class indices 0..{self.num_classes - 1} or {self.ignore_index} (ignored)"
+        else:
+            if y.ndim != 2 or y.shape[1] != self.num_classes:
+                raise ValueError(f"{where}: labels of shape {tuple(y.shape)}, expected (N, {self.num_classes})")
+            bad = (y != 0) & (y != 1)
+            what = "0/1 per class"
+        rows = bad.flatten(1).any(1)
+        if bool(rows.any()):
+            values = sorted({float(v) for v in y[bad].flatten()[:20].tolist()})
+            raise ValueError(f"{where}: labels out of range in sample(s) {idx[rows].tolist()[:10]}: "
+                             f"values {values}, expected {what}")
+
+
+TaskBuilder = Callable[[EvalDataConfig], EvalTask]
+TASKS: dict[tuple[str, str], TaskBuilder] = {}
+
+
+def register_task(name: str, source: str, builder: TaskBuilder) -> None:
+    """Make ``builder(data_cfg) -> EvalTask`` the task ``name`` for ``data.source == source``."""
+    TASKS[(name, source)] = builder
+
+
+def build_task(name: str, data: EvalDataConfig) -> EvalTask:
+    """The task ``name`` from the registered builder of ``data.source``."""
+    if (name, data.source) not in TASKS:
+        known = sorted(f"{t} (source {s})" for t, s in TASKS)
+        raise ValueError(f"unknown task {name!r} for data source {data.source!r}; registered: {known}")
+    return TASKS[(name, data.source)](data)
+
+
+# --- simulated tasks ---------------------------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def _simulated(num: int, img_size: int, seed: int) -> dict[str, np.ndarray]:
+    return simulate(SimulationConfig(num_samples=num, img_size=img_size, seed=seed))
+
+
+def _sim_splits(data: EvalDataConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
+    """Train and test arrays: separate seeds in memory, or head/tail index ranges of a folder."""
+    if data.path is None:
+        return (_simulated(data.num_train, data.img_size, data.sim_seed),
+                _simulated(data.num_test, data.img_size, data.sim_seed + 1),
+                f"simulated scenes (seeds {data.sim_seed}/{data.sim_seed + 1}, {data.img_size} px)")
+    arrays, _ = load_simulated(data.path)
+    n = len(arrays["s2_l1c"])
+    n_test = max(1, int(round(n * data.test_fraction)))
+    if n - n_test < 1:
+        raise ValueError(f"{data.path}: {n} scenes are too few to split off a test set")
+    return ({k: a[: n - n_test] for k, a in arrays.items()}, {k: a[n - n_test :] for k, a in arrays.items()},
+            f"{data.path} (simulated; test = last {n_test} of {n} scenes)")
+
+
+class SimulatedTaskDataset(Dataset):
+    """Samples of a simulated task: the standardised input and a label made from the arrays.
+
+    Args:
+        arrays: simulated arrays (``s2_l1c`` DN and the label arrays), ``N`` first.
+        spec: spec the input is read and standardised with.
+        band_index: channels of ``s2_l1c`` that make up the input, in ``spec`` order.
+        label_fn: ``(arrays, i) -> label`` tensor of scene ``i``.
+        source: name for error messages.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], spec: SensorSpec, band_index: list[int],
+                 label_fn: Callable[[dict[str, np.ndarray], int], torch.Tensor], source: str) -> None:
+        for key in ("s2_l1c",):
+            if key not in arrays:
+                raise ValueError(f"{source}: has no array {key!r}; it holds {sorted(arrays)}")
+        self.arrays, self.spec, self.band_index, self.label_fn, self.source = arrays, spec, band_index, label_fn, source
+
+    def __len__(self) -> int:
+        return len(self.arrays["s2_l1c"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        dn = torch.from_numpy(np.array(self.arrays["s2_l1c"][i][self.band_index]))
+        try:
+            label = self.label_fn(self.arrays, i)
+        except KeyError as err:
+            raise ValueError(f"{self.source}: sample {i} has no label array {err}; "
+                             f"it holds {sorted(self.arrays)}") from None
+        return {self.spec.key: self.spec.normalize(self.spec.to_units(dn)), "label": label,
+                "index": torch.tensor(i, dtype=torch.int64)}
+
+
+def _l1c(data: EvalDataConfig) -> SensorSpec:
+    return get_sensor("s2_l1c", data.stats)
+
+
+def _water_task(data: EvalDataConfig) -> EvalTask:
+    """Sen1Floods11-style water segmentation on simulated S2 L1C (13 bands)."""
+    spec = _l1c(data)
+    classes = ("background", "water", "cloud") if data.cloud == "class" else ("background", "water")
+
+    def label(arrays: dict[str, np.ndarray], i: int) -> torch.Tensor:
+        y = torch.from_numpy(np.array(arrays["water"][i])).long()
+        cloud = torch.from_numpy(np.array(arrays["cloud"][i])).bool()
+        if data.cloud == "ignore":
+            y[cloud] = -1
+        elif data.cloud == "class":
+            y[cloud] = 2
+        return y
+
+    train, test, source = _sim_splits(data)
+    full = list(range(spec.num_channels))
+    return EvalTask(
+        name="sen1floods11", kind="segmentation", sensor="s2_l1c", spec=spec, class_names=classes,
+        train=SimulatedTaskDataset(train, spec, full, label, source),
+        test=SimulatedTaskDataset(test, spec, full, label, source),
+        headline="iou_water", source=source,
+        notes=f"simulated: water = majority class water; cloud pixels: {data.cloud}",
+    )
+
+
+def _multilabel_task(data: EvalDataConfig) -> EvalTask:
+    """BigEarthNet-style multi-label land cover on simulated S2 'L2A' (12 bands, no B10).
+
+    The simulator writes L1C only and simulates no atmospheric correction: the L2A input is the
+    L1C scene without B10, standardised with the L1C statistics of the same bands, so the task
+    exercises the band mapping (B10 missing) but not an L1C/L2A domain gap.
+    """
+    l1c = _l1c(data)
+    l2a = get_sensor("s2_l2a", data.stats)
+    l2a = l2a.with_stats({b: l1c.stats[b] for b in l2a.band_names})
+    index = l1c.band_index(l2a.band_names)
+
+    def label(arrays: dict[str, np.ndarray], i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(arrays["landcover_presence"][i])).float()
+
+    train, test, source = _sim_splits(data)
+    return EvalTask(
+        name="bigearthnet", kind="multilabel", sensor="s2_l2a", spec=l2a, class_names=LAND_COVER_CLASSES,
+        train=SimulatedTaskDataset(train, l2a, index, label, source),
+        test=SimulatedTaskDataset(test, l2a, index, label, source),
+        headline="map_micro", source=source,
+        notes="simulated: 6 land-cover presence labels (>= 1 % of the scene); L2A = L1C without B10",
+    )
+
+
+def _srseg_task(data: EvalDataConfig) -> EvalTask:
+    """UrbanSRSeg8-style land cover at 4x the input resolution (simulated ``landcover_hr``)."""
+    spec = _l1c(data)
+
+    def label(arrays: dict[str, np.ndarray], i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(arrays["landcover_hr"][i])).long()
+
+    train, test, source = _sim_splits(data)
+    scale = train["landcover_hr"].shape[-1] // train["s2_l1c"].shape[-1]
+    full = list(range(spec.num_channels))
+    return EvalTask(
+        name="srseg", kind="segmentation", sensor="s2_l1c", spec=spec, class_names=LAND_COVER_CLASSES,
+        train=SimulatedTaskDataset(train, spec, full, label, source),
+        test=SimulatedTaskDataset(test, spec, full, label, source),
+        headline="miou", label_scale=scale, source=source,
+        notes=f"simulated: 6 land-cover classes on a {scale}x finer grid",
+    )
+
+
+register_task("sen1floods11", "simulated", _water_task)
+register_task("bigearthnet", "simulated", _multilabel_task)
+register_task("srseg", "simulated", _srseg_task)
+
+
+def describe(task: EvalTask) -> dict[str, Any]:
+    """Task metadata for ``metrics.json``."""
+    return {"name": task.name, "kind": task.kind, "sensor": task.sensor, "classes": list(task.class_names),
+            "label_scale": task.label_scale, "headline": task.headline, "source": task.source,
+            "train_samples": len(task.train), "test_samples": len(task.test), "notes": task.notes}
