@@ -84,6 +84,8 @@ def _parser() -> ArgumentParser:
     stats.add_argument("--data", type=str, required=True, help="dataset folder")
     stats.add_argument("--out", type=str, required=True, help="statistics file to write or update")
     stats.add_argument("--sensors", type=list[str] | None, default=None, help="sensor keys (default: all present)")
+    stats.add_argument("--layout", type=str | None, default=None,
+                       help="reader layout of --data (default: a simulated folder or a shard set, detected)")
     sub.add_subcommand("stats", stats)
 
     info = ArgumentParser(description="Sensors, encoder and decoder variants with parameter counts.")
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif cmd == "stats":
             from s12mae.stats import compute_stats_file
 
-            compute_stats_file(args.data, args.out, args.sensors)
+            compute_stats_file(args.data, args.out, args.sensors, layout=args.layout)
         elif cmd == "info":
             from s12mae.info import print_info
 

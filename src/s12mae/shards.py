@@ -750,14 +750,21 @@ def shards_cli(data: str, out: str, cfg: ShardConfig, layout: str = "simulated",
                overwrite: bool = False) -> dict[str, Any]:
     """``s12mae shards``: write the shard set of ``cfg`` from dataset ``data`` into ``out``.
 
-    ``layout`` names how ``data`` is laid out; ``simulated`` (a ``s12mae simulate`` folder) is built
-    in, real-data readers plug in by passing their sample sequence to :func:`write_shards`.
+    ``layout`` names how ``data`` is laid out (a key of :data:`s12mae.layouts.LAYOUTS`: ``simulated``,
+    ``terramesh``, ``sen1floods11``, ``bigearthnet-v1``, ``bigearthnet-v2``, ``generic``, ``pairs``,
+    ``s2-all``); only ``cfg.sensors`` (and ``cfg.labels``, where given) are read. Under ``skip_bad``
+    the manifest records samples that fail to load; samples a reader already found bad while
+    listing the dataset are printed (they never reach the writer).
     """
-    if layout != "simulated":
-        raise ValueError(f"unknown layout {layout!r}; known layouts: ['simulated']")
-    manifest = write_shards(simulated_samples(data), out, cfg, skip_bad=skip_bad, overwrite=overwrite)
+    from s12mae.layouts import open_layout
+
+    keys = [*cfg.sensors, *(cfg.labels or [])]
+    samples = open_layout(layout, data, keys, skip_bad=skip_bad)
+    manifest = write_shards(samples, out, cfg, skip_bad=skip_bad, overwrite=overwrite)
     sc = manifest["scenes"]
+    listed_bad = list(getattr(samples, "skipped", []))
     print(f"wrote {manifest['num_samples']} chips in {manifest['num_shards']} shard(s) to {out} "
           f"({sc['used']} of {sc['scenes']} scenes used; {sc['missing_sensor']} lack a sensor, "
-          f"{len(sc['skipped'])} skipped as bad, {sc['too_small']} smaller than a chip)")
+          f"{len(sc['skipped'])} skipped as bad, {sc['too_small']} smaller than a chip"
+          + (f"; the {layout} reader left out {len(listed_bad)}: {listed_bad}" if listed_bad else "") + ")")
     return manifest

@@ -1,14 +1,22 @@
 """Per-band statistics of a dataset in model units (``s12mae stats``).
 
-Mean and standard deviation are exact (float64 running sums over every valid pixel); the
-percentiles come from a fixed-seed sample of at most ``max_sample`` valid values per band.
-Nodata and non-finite values are ignored. The result is written into the statistics file that
-the sensor specs read (``data.stats`` in a run config).
+Mean and standard deviation are exact: every valid pixel counts, accumulated in float64 by
+Chan et al.'s pairwise update (count, mean, sum of squared deviations) so large datasets lose no
+precision to ``E[x^2] - E[x]^2`` cancellation. The percentiles come from a uniform random sample
+of at most ``max_sample`` valid values per band, drawn with a fixed seed in one streaming pass
+(each value gets a random key, the ``max_sample`` smallest keys are kept: a reservoir that needs no
+dataset size up front). Nodata, values outside a sample's valid mask and non-finite values are
+ignored. The result is written into the statistics file that the sensor specs read (``data.stats``
+in a run config).
+
+Sources: a ``s12mae simulate`` folder (memory-mapped arrays), a shard set written by
+``s12mae shards`` (a folder with ``shards.json``; its stored valid masks mark nodata), or any
+reader layout of :mod:`s12mae.layouts` (``layout=``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,58 +25,161 @@ import torch
 
 from s12mae.sensors import SensorSpec, get_sensor, list_sensors, write_stats
 
-__all__ = ["band_statistics", "compute_stats_file"]
+__all__ = ["BandAccumulator", "band_statistics", "compute_stats_file"]
 
 PERCENTILES = (1, 2, 50, 98, 99)
+
+
+class BandAccumulator:
+    """Streaming per-band statistics of one sensor in model units.
+
+    Args:
+        spec: the sensor (band names, file units -> model units).
+        max_sample: values kept per band for the percentiles.
+        seed: seed of the percentile sample.
+    """
+
+    def __init__(self, spec: SensorSpec, max_sample: int = 1_000_000, seed: int = 0) -> None:
+        c = spec.num_channels
+        self.spec, self.max_sample = spec, max_sample
+        self.rng = np.random.default_rng(seed)
+        self.count = np.zeros(c)
+        self.mean = np.zeros(c)
+        self.m2 = np.zeros(c)  # sum of squared deviations from the mean
+        self.keys: list[list[np.ndarray]] = [[] for _ in range(c)]
+        self.values: list[list[np.ndarray]] = [[] for _ in range(c)]
+        self.held = np.zeros(c, dtype=np.int64)
+        self.threshold = np.ones(c)  # keys at or above this can no longer enter the sample
+
+    def add(self, dn: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add file values ``dn`` (``(C, H, W)`` or ``(N, C, H, W)``); ``valid`` (same shape, bool)
+        marks the pixels to count (nodata and non-finite values are left out in any case)."""
+        x = self.spec.to_units(torch.from_numpy(np.asarray(dn))).double().numpy()
+        ok = np.isfinite(x) if valid is None else np.isfinite(x) & np.asarray(valid, dtype=bool)
+        axis = -3
+        for b in range(self.spec.num_channels):
+            v = np.take(x, b, axis=axis)[np.take(ok, b, axis=axis)]
+            if v.size:
+                self._moments(b, v)
+                self._sample(b, v)
+
+    def _moments(self, b: int, v: np.ndarray) -> None:
+        n, mean = float(v.size), float(v.mean())
+        m2 = float(((v - mean) ** 2).sum())
+        total = self.count[b] + n
+        delta = mean - self.mean[b]
+        self.mean[b] += delta * n / total
+        self.m2[b] += m2 + delta * delta * self.count[b] * n / total
+        self.count[b] = total
+
+    def _sample(self, b: int, v: np.ndarray) -> None:
+        keys = self.rng.random(v.size)
+        keep = keys < self.threshold[b]
+        self.keys[b].append(keys[keep])
+        self.values[b].append(v[keep])
+        self.held[b] += int(keep.sum())
+        if self.held[b] > 2 * self.max_sample:
+            self._shrink(b)
+
+    def _shrink(self, b: int) -> None:
+        keys, values = np.concatenate(self.keys[b]), np.concatenate(self.values[b])
+        if keys.size > self.max_sample:
+            part = np.argpartition(keys, self.max_sample - 1)[: self.max_sample]
+            keys, values = keys[part], values[part]
+            self.threshold[b] = keys.max()
+        self.keys[b], self.values[b], self.held[b] = [keys], [values], keys.size
+
+    def result(self) -> dict[str, dict[str, float]]:
+        """``{band: {"mean", "std", "count", "p1", ...}}``; a band without valid pixels is a ValueError."""
+        out: dict[str, dict[str, float]] = {}
+        for b, name in enumerate(self.spec.band_names):
+            if self.count[b] == 0:
+                raise ValueError(f"band {name} of {self.spec.key} has no valid pixel")
+            self._shrink(b)
+            std = float(np.sqrt(self.m2[b] / self.count[b]))
+            pct = np.percentile(self.values[b][0], PERCENTILES)
+            out[name] = {"mean": float(self.mean[b]), "std": std if std > 0 else 1.0,
+                         "count": int(self.count[b]), **{f"p{q}": float(v) for q, v in zip(PERCENTILES, pct)}}
+        return out
 
 
 def band_statistics(dn: np.ndarray, spec: SensorSpec, chunk: int = 256, max_sample: int = 1_000_000,
                     seed: int = 0) -> dict[str, dict[str, float]]:
     """Statistics of every band of ``dn`` (``(N, C, H, W)`` file values) in model units."""
-    c = spec.num_channels
-    total = np.zeros(c)
-    total_sq = np.zeros(c)
-    count = np.zeros(c)
-    rng = np.random.default_rng(seed)
-    n_pix = dn.shape[0] * dn.shape[2] * dn.shape[3]
-    keep_prob = min(1.0, max_sample / max(n_pix, 1))
-    samples: list[list[np.ndarray]] = [[] for _ in range(c)]
+    acc = BandAccumulator(spec, max_sample, seed)
     for start in range(0, dn.shape[0], chunk):
-        x = spec.to_units(torch.from_numpy(np.array(dn[start : start + chunk]))).double().numpy()
-        for b in range(c):
-            v = x[:, b].ravel()
-            v = v[np.isfinite(v)]
-            total[b] += v.sum()
-            total_sq[b] += (v * v).sum()
-            count[b] += v.size
-            samples[b].append(v[rng.random(v.size) < keep_prob])
-    out: dict[str, dict[str, float]] = {}
-    for b, name in enumerate(spec.band_names):
-        if count[b] == 0:
-            raise ValueError(f"band {name} of {spec.key} has no valid pixel")
-        mean = total[b] / count[b]
-        std = float(np.sqrt(max(total_sq[b] / count[b] - mean * mean, 0.0)))
-        pct = np.percentile(np.concatenate(samples[b]), PERCENTILES)
-        out[name] = {"mean": float(mean), "std": std if std > 0 else 1.0, "count": int(count[b]),
-                     **{f"p{q}": float(v) for q, v in zip(PERCENTILES, pct)}}
-    return out
+        acc.add(np.array(dn[start : start + chunk]))
+    return acc.result()
 
 
-def compute_stats_file(data: str | Path, out: str | Path, sensors: Sequence[str] | None = None) -> dict[str, Any]:
-    """Compute statistics of the sensors in a dataset folder and write them to ``out``."""
-    from s12mae.data import load_arrays
+def _stream_statistics(samples: Iterable[Mapping[str, Any]], keys: Sequence[str] | None, where: str
+                       ) -> dict[str, dict[str, dict[str, float]]]:
+    """Statistics of reader-format samples (``{<sensor>: (C, H, W), "valid.<sensor>": ...}``); with
+    ``keys=None``, of every known sensor the samples hold."""
+    known = set(list_sensors())
+    accs: dict[str, BandAccumulator] = {k: BandAccumulator(get_sensor(k)) for k in keys or []}
+    for sample in samples:
+        present = [k for k in sample if k in known] if keys is None else list(keys)
+        for key in present:
+            if key not in sample:
+                continue  # e.g. an S2-only scene of a layout with S1 partners
+            if key not in accs:
+                accs[key] = BandAccumulator(get_sensor(key))
+            accs[key].add(sample[key], sample.get(f"valid.{key}"))
+    if not accs:
+        raise ValueError(f"{where}: holds no known sensor arrays")
+    return {k: acc.result() for k, acc in accs.items()}
 
-    arrays = load_arrays(data)
-    keys = list(sensors) if sensors else [k for k in arrays if k in list_sensors()]
-    if not keys:
-        raise ValueError(f"{data}: holds no known sensor arrays (found {sorted(arrays)})")
+
+def _shard_set_statistics(data: Path, keys: Sequence[str] | None) -> dict[str, dict[str, dict[str, float]]]:
+    from s12mae.shards import read_manifest, read_samples
+
+    have = list(read_manifest(data)["sensors"])
+    missing = [k for k in keys or [] if k not in have]
+    if missing:
+        raise ValueError(f"{data}: the shard set holds sensors {have}, not {missing}")
+    return _stream_statistics(read_samples(data), list(keys or have), str(data))
+
+
+def compute_stats_file(data: str | Path, out: str | Path, sensors: Sequence[str] | None = None,
+                       layout: str | None = None) -> dict[str, Any]:
+    """Compute statistics of the sensors in a dataset and write them to ``out``.
+
+    Args:
+        data: a ``s12mae simulate`` folder, a shard set (folder with ``shards.json``), or a dataset
+            in ``layout``.
+        out: statistics file to write or update (sensors it holds that are not computed stay).
+        sensors: sensor keys (default: every sensor the dataset holds).
+        layout: a key of :data:`s12mae.layouts.LAYOUTS`; ``None`` detects a shard set or a
+            simulated folder.
+
+    Returns:
+        ``{sensor: {"source", "bands": {band: {"mean", "std", "count", "p1", ...}}}}``.
+    """
+    path = Path(data)
+    if layout is None and (path / "shards.json").is_file():
+        stats = _shard_set_statistics(path, sensors)
+    elif layout in (None, "simulated"):
+        from s12mae.data import load_arrays
+
+        arrays = load_arrays(data)
+        keys = list(sensors) if sensors else [k for k in arrays if k in list_sensors()]
+        if not keys:
+            raise ValueError(f"{data}: holds no known sensor arrays (found {sorted(arrays)})")
+        stats = {}
+        for key in keys:
+            if key not in arrays:
+                raise ValueError(f"{data}: has no array for sensor {key!r}")
+            stats[key] = band_statistics(arrays[key], get_sensor(key))
+    else:
+        from s12mae.layouts import open_layout
+
+        samples = open_layout(layout, data, None if sensors is None else list(sensors))
+        stats = _stream_statistics(samples, sensors, f"{data} ({layout})")
     entries = {}
-    for key in keys:
-        if key not in arrays:
-            raise ValueError(f"{data}: has no array for sensor {key!r}")
-        entries[key] = {"source": f"s12mae stats over {data}",
-                        "bands": band_statistics(arrays[key], get_sensor(key))}
-        print(f"{key}: " + ", ".join(f"{b} {v['mean']:.4g}±{v['std']:.3g}" for b, v in entries[key]["bands"].items()))
+    for key, bands in stats.items():
+        entries[key] = {"source": f"s12mae stats over {data}", "bands": bands}
+        print(f"{key}: " + ", ".join(f"{b} {v['mean']:.4g}±{v['std']:.3g}" for b, v in bands.items()))
     write_stats(out, entries)
-    print(f"wrote statistics of {keys} to {out}")
+    print(f"wrote statistics of {list(entries)} to {out}")
     return entries

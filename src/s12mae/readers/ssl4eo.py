@@ -115,7 +115,9 @@ class SSL4EOReader(RasterReader):
 
     def load_pair(self, s2: Acquisition | str, s1: Acquisition | str) -> dict[str, Any]:
         """One sample of an S2 acquisition (L1C and/or L2A, as ``sensors`` allows) with an S1 one,
-        S1 warped onto the S2 10 m grid. Acquisitions are given as objects or folder names."""
+        S1 warped onto the S2 10 m grid. Acquisitions are given as objects, as
+        ``"<location>/<folder>"`` or as a bare folder name (which must then be unique: one S2
+        datatake name is shared by every location of its tile)."""
         s2_acqs = self._find(s2, ("s2_l1c", "s2_l2a"))
         s1_acq = self._find(s1, ("s1_grd",))[0]
         if s1_acq.location != s2_acqs[0].location:
@@ -133,10 +135,18 @@ class SSL4EOReader(RasterReader):
         return self.load(Item(item_id, layers, meta=meta))
 
     def _find(self, acq: Acquisition | str, sensors: tuple[str, ...]) -> list[Acquisition]:
-        name = acq.name if isinstance(acq, Acquisition) else acq
-        found = [a for a in self._acquisitions if a.name == name and a.sensor in sensors]
+        if isinstance(acq, Acquisition):
+            location, name = acq.location, acq.name
+        else:
+            location, _, name = acq.rpartition("/")
+        found = [a for a in self._acquisitions
+                 if a.name == name and a.sensor in sensors and (not location or a.location == location)]
         if not found:
-            raise ValueError(f"{self.root}: no {'/'.join(sensors)} acquisition named {name!r}")
+            raise ValueError(f"{self.root}: no {'/'.join(sensors)} acquisition named {acq!r}")
+        locations = sorted({a.location for a in found})
+        if len(locations) > 1:
+            raise ValueError(f"{self.root}: acquisition {name!r} exists at locations {locations[:5]}; "
+                             "name it as '<location>/<folder>'")
         return found
 
 

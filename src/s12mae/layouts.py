@@ -1,0 +1,317 @@
+"""Dataset layouts by name: one call from a folder or index on disk to reader-format samples.
+
+:func:`open_layout` turns ``(layout, data)`` into a lazy :class:`~collections.abc.Sequence` of
+sample dicts in the reader format (``{"id", <sensor>: (C, H, W) file units, "valid.<sensor>",
+"label.*", "meta"}``, see :mod:`s12mae.readers.base`): ``len`` is known up front and indexing
+loads one sample, so :func:`s12mae.shards.write_shards` can resume, ``s12mae stats`` can stream.
+Adding a layout is one entry in :data:`LAYOUTS`.
+
+Layouts:
+
+- ``simulated``: a folder written by ``s12mae simulate``.
+- ``terramesh``, ``sen1floods11``, ``bigearthnet-v1``, ``bigearthnet-v2``: the folder layouts of
+  :mod:`s12mae.readers`; ``generic``: a CSV/parquet index of GeoTIFF stacks (:class:`GenericReader`).
+- ``pairs``: a folder written by ``s12mae pair`` (``pairs.parquet``): one sample per row, the S2
+  item with its S1 partner warped onto the S2 grid, ``meta["gap_hours"]`` (S1 minus S2) from the
+  parquet. Rows over an SSL4EO-S12 root (``s2_path``/``s1_path`` are acquisition folders
+  ``<root>/<s2c|s2a|s1>/<location>/<acquisition>``) load with :meth:`SSL4EOReader.load_pair`;
+  rows over an index of GeoTIFF stacks load as :class:`GenericReader` does (S2 grid, S1 warped).
+- ``s2-all``: the same folder, S2 only: every S2 item of ``pairs.parquet`` and of
+  ``s2_only.parquet`` (the MAE task's dataset under alternating gradient descent).
+
+In ``pairs``/``s2-all`` folders, relative paths are taken relative to the folder itself. The S2
+sensor of a row is its SSL4EO product (``s2c`` -> ``s2_l1c``, ``s2a`` -> ``s2_l2a``, where both
+exist for the acquisition ``sensors`` may ask for either or both); for GeoTIFF stacks it is the S2
+key in ``sensors`` (default ``s2_l1c``), likewise the S1 key (default ``s1_grd``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from s12mae.readers import (
+    Acquisition,
+    BigEarthNetV1Reader,
+    BigEarthNetV2Reader,
+    GenericReader,
+    Item,
+    RasterReader,
+    Sen1Floods11Reader,
+    SensorLayer,
+    SSL4EOReader,
+    TerraMeshReader,
+    parse_time,
+)
+from s12mae.sensors import list_sensors
+
+__all__ = ["LAYOUTS", "PairFolder", "open_layout"]
+
+log = logging.getLogger(__name__)
+
+S2_KEYS = ("s2_l1c", "s2_l2a")
+S1_KEYS = ("s1_grd", "s1_rtc")
+_STACK_SUFFIXES = (".tif", ".tiff")
+
+
+# -- the simulated folder -----------------------------------------------------------------------
+
+
+class _KeepKeys(Sequence):
+    """``samples`` with only the sensor keys in ``keys`` (labels, ``id`` and ``meta`` stay)."""
+
+    def __init__(self, samples: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:
+        self.samples = samples
+        self.drop = set(list_sensors()) - set(keys)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        sample = self.samples[i]
+        return {k: v for k, v in sample.items() if k.removeprefix("valid.") not in self.drop}
+
+
+def _simulated(data: Path, sensors: list[str] | None, skip_bad: bool) -> Sequence[dict[str, Any]]:
+    """A ``s12mae simulate`` folder (``s2_l1c``, ``s1_grd`` where simulated, labels)."""
+    from s12mae.shards import simulated_samples
+
+    samples = simulated_samples(data)
+    return samples if sensors is None else _KeepKeys(samples, sensors)
+
+
+# -- pairs folders ------------------------------------------------------------------------------
+
+
+class _ListedSSL4EO(SSL4EOReader):
+    """:class:`SSL4EOReader` over the given acquisition folders only: no scan of the whole root
+    (millions of folders in the full dataset), and folder names are unambiguous (one S2 datatake
+    name is shared by every location of its tile, which :meth:`load_pair` cannot tell apart)."""
+
+    def __init__(self, folders: Sequence[Path], sensors: Sequence[str] | None) -> None:
+        self._folders = list(dict.fromkeys(folders))
+        super().__init__(self._folders[0].parents[2], sensors)
+
+    def _scan(self) -> list[Acquisition]:
+        out = []
+        for folder in self._folders:
+            time = parse_time(folder.name) or parse_time(self._metadata(folder).get("system:time_start"))
+            sensor = self.products[folder.parent.parent.name]
+            out.append(Acquisition(folder.parent.name, sensor, folder.name, time, folder))
+        return out
+
+
+class _ItemReader(RasterReader):
+    """A reader over ready-made :class:`Item` records (GeoTIFF stacks listed in a pairs folder)."""
+
+    def __init__(self, source: str, items: list[Item], sensors: Sequence[str] | None) -> None:
+        self.source, self._given = source, items  # type: ignore[misc]
+        super().__init__(sensors=sensors)
+
+    def _discover(self) -> list[Item]:
+        return self._given
+
+
+class PairFolder(Sequence):
+    """The rows of a ``s12mae pair`` output folder as reader-format samples (layouts ``pairs`` and
+    ``s2-all``, see the module docstring). Nothing is read until a sample is indexed.
+
+    Args:
+        folder: folder holding ``pairs.parquet`` (and, for ``s2_all``, ``s2_only.parquet``).
+        s2_all: every S2 item, S2 only (else: one paired S2 + S1 sample per pair).
+        sensors: keys to load; default the row's S2 product (and ``s1_grd`` for pairs).
+        skip_bad: iterating skips (logs, records in :attr:`skipped`) samples that fail to load;
+            indexing a bad sample always raises.
+
+    Attributes:
+        skipped: ``(id, reason)`` of the samples skipped by the last iteration.
+    """
+
+    def __init__(self, folder: str | Path, *, s2_all: bool = False, sensors: Sequence[str] | None = None,
+                 skip_bad: bool = False) -> None:
+        import pyarrow.parquet as pq
+
+        self.folder, self.s2_all, self.skip_bad = Path(folder), s2_all, skip_bad
+        self.sensors = None if sensors is None else list(sensors)
+        self.skipped: list[tuple[str, str]] = []
+        known = set(S2_KEYS) if s2_all else {*S2_KEYS, *S1_KEYS}
+        bad = [k for k in self.sensors or [] if k not in known]
+        if bad:
+            raise ValueError(f"{self.folder}: layout {'s2-all' if s2_all else 'pairs'} holds only "
+                             f"{sorted(known)}, not {bad}")
+        files = ["pairs.parquet", "s2_only.parquet"] if s2_all else ["pairs.parquet"]
+        self.rows: list[tuple[str, dict[str, Any]]] = []
+        for name in files:
+            path = self.folder / name
+            if not path.is_file():
+                raise ValueError(f"{path}: not found; is {self.folder} a folder written by `s12mae pair`?")
+            try:
+                table = pq.read_table(path)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path}: cannot read it ({err})") from None
+            need = ["s2_id", "s2_path", "s2_time"]
+            need += [] if s2_all else ["s1_id", "s1_path", "s1_time", "gap_hours"]
+            missing = [c for c in need if c not in table.column_names]
+            if missing:
+                raise ValueError(f"{path}: lacks column(s) {missing}; it has {table.column_names}")
+            self.rows += [(f"{name} row {r}", row) for r, row in enumerate(table.select(need).to_pylist())]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        where, row = self.rows[i]
+        where = f"{self.folder / where} (s2_id {row['s2_id']})"
+        return self._load_s2(row, where) if self.s2_all else self._load_pair(row, where)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.skipped = []
+        for i in range(len(self)):
+            try:
+                yield self[i]
+            except ValueError as err:
+                if not self.skip_bad:
+                    raise
+                self.skipped.append((str(self.rows[i][1]["s2_id"]), str(err)))
+                log.warning("%s: skipping %s: %s", self.folder, self.rows[i][1]["s2_id"], err)
+
+    # -- one row ---------------------------------------------------------------------------------
+    def _path(self, value: Any, column: str, where: str) -> Path:
+        if not value:
+            raise ValueError(f"{where}: {column} is empty")
+        path = Path(value)
+        path = path if path.is_absolute() else self.folder / path
+        if not path.exists():
+            raise ValueError(f"{where}: {column} {path} does not exist")
+        return path
+
+    def _kind(self, path: Path, column: str, where: str) -> str:
+        """``ssl4eo`` (an acquisition folder) or ``stack`` (a GeoTIFF)."""
+        if path.is_dir() and path.parent.parent.name in SSL4EOReader.products:
+            return "ssl4eo"
+        if path.is_file() and path.suffix.lower() in _STACK_SUFFIXES:
+            return "stack"
+        products = "|".join(SSL4EOReader.products)
+        raise ValueError(f"{where}: {column} {path} is neither an SSL4EO-S12 acquisition folder "
+                         f"(<root>/<{products}>/<location>/<acquisition>) nor a GeoTIFF")
+
+    def _s2_folders(self, s2: Path, keys: Sequence[str], where: str) -> list[Path]:
+        """The row's S2 acquisition folder and, where ``keys`` name the other S2 product, its
+        sibling of the same name."""
+        own = SSL4EOReader.products[s2.parent.parent.name]
+        wanted = [k for k in keys if k in S2_KEYS]
+        folders = []
+        for product, key in SSL4EOReader.products.items():
+            if key not in wanted:
+                continue
+            folder = s2 if key == own else s2.parents[2] / product / s2.parent.name / s2.name
+            if not folder.is_dir():
+                raise ValueError(f"{where}: {key} was asked for, but {folder} does not exist")
+            folders.append(folder)
+        return folders
+
+    def _keys(self, s2_default: str, with_s1: bool) -> list[str]:
+        """Keys to load: ``sensors``, or the row's S2 and ``s1_grd``; always an S2 key, whose
+        grid is the sample grid (an S2 key that ``sensors`` does not name is dropped after)."""
+        keys = list(self.sensors or [s2_default, *(["s1_grd"] if with_s1 else [])])
+        return keys if any(k in S2_KEYS for k in keys) else [s2_default, *keys]
+
+    def _drop_unasked(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if self.sensors is None:
+            return sample
+        extra = [k for k in S2_KEYS if k in sample and k not in self.sensors]
+        return {k: v for k, v in sample.items() if k not in extra and k.removeprefix("valid.") not in extra}
+
+    def _stack_key(self, keys: Sequence[str], options: Sequence[str]) -> str:
+        return next((k for k in keys if k in options), options[0])
+
+    def _load_pair(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+        s2 = self._path(row["s2_path"], "s2_path", where)
+        s1 = self._path(row["s1_path"], "s1_path", where)
+        kinds = {self._kind(s2, "s2_path", where), self._kind(s1, "s1_path", where)}
+        if kinds == {"ssl4eo"}:
+            keys = self._keys(SSL4EOReader.products[s2.parent.parent.name], True)
+            sample = _ListedSSL4EO([*self._s2_folders(s2, keys, where), s1], keys).load_pair(s2.name, s1.name)
+        elif kinds == {"stack"}:
+            keys = self._keys("s2_l1c", True)
+            s2_key, s1_key = self._stack_key(keys, S2_KEYS), self._stack_key(keys, S1_KEYS)
+            layers = [SensorLayer.stack(s2_key, s2, parse_time(row["s2_time"])),
+                      SensorLayer.stack(s1_key, s1, parse_time(row["s1_time"]))]
+            item = Item(f"pairs/{row['s2_id']}+{row['s1_id']}", layers)
+            sample = _ItemReader("pairs", [item], keys)[0]
+        else:
+            raise ValueError(f"{where}: s2_path {s2} and s1_path {s1} are of different layouts")
+        sample["meta"]["gap_hours"] = row["gap_hours"]
+        sample["meta"]["pair"] = {"s2_id": row["s2_id"], "s1_id": row["s1_id"]}
+        return self._drop_unasked(sample)
+
+    def _load_s2(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+        s2 = self._path(row["s2_path"], "s2_path", where)
+        if self._kind(s2, "s2_path", where) == "ssl4eo":
+            keys = self._keys(SSL4EOReader.products[s2.parent.parent.name], False)
+            sample = _ListedSSL4EO(self._s2_folders(s2, keys, where), keys)[0]
+        else:
+            keys = self._keys("s2_l1c", False)
+            layer = SensorLayer.stack(self._stack_key(keys, S2_KEYS), s2, parse_time(row["s2_time"]))
+            sample = _ItemReader("s2-all", [Item(f"s2-all/{row['s2_id']}", [layer])], keys)[0]
+        sample["meta"]["s2_item"] = row["s2_id"]
+        return sample
+
+
+# -- the registry -------------------------------------------------------------------------------
+
+Opener = Callable[[Path, "list[str] | None", bool], Sequence[dict[str, Any]]]
+
+
+def _reader(cls: type[RasterReader]) -> Opener:
+    def open_reader(data: Path, sensors: list[str] | None, skip_bad: bool) -> Sequence[dict[str, Any]]:
+        return cls(data, sensors, skip_bad=skip_bad)  # type: ignore[call-arg]
+
+    open_reader.__doc__ = cls.__doc__
+    return open_reader
+
+
+LAYOUTS: dict[str, Opener] = {
+    "simulated": _simulated,
+    "terramesh": _reader(TerraMeshReader),
+    "sen1floods11": _reader(Sen1Floods11Reader),
+    "bigearthnet-v1": _reader(BigEarthNetV1Reader),
+    "bigearthnet-v2": _reader(BigEarthNetV2Reader),
+    "generic": _reader(GenericReader),
+    "pairs": lambda data, sensors, skip_bad: PairFolder(data, sensors=sensors, skip_bad=skip_bad),
+    "s2-all": lambda data, sensors, skip_bad: PairFolder(data, s2_all=True, sensors=sensors,
+                                                         skip_bad=skip_bad),
+}
+"""Layout name -> ``opener(data, sensors, skip_bad)`` giving a lazy sample sequence."""
+
+
+def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
+                skip_bad: bool = False) -> Sequence[dict[str, Any]]:
+    """The samples of dataset ``data`` laid out as ``layout``, as a lazy sequence.
+
+    Args:
+        layout: a key of :data:`LAYOUTS`.
+        data: the dataset folder (an index file for ``generic``; the output folder of
+            ``s12mae pair`` for ``pairs`` and ``s2-all``).
+        sensors: keys to load (sensor keys, and for the readers label keys ``label.*``);
+            ``None`` loads what the layout has (``pairs``: the row's S2 product and ``s1_grd``).
+        skip_bad: readers leave out (and record in ``.skipped``) samples found bad while listing
+            them, and skip samples that fail to load when iterated; indexing always raises.
+
+    Returns:
+        A sequence of ``{"id", <sensor>: (C, H, W), "valid.<sensor>": (C, H, W) bool, "label.*",
+        "meta"}``; sensors in file units (S2 int16 DN, S1 float32 dB).
+
+    Raises:
+        ValueError: an unknown layout (the message lists the known ones), or data that is not in
+            that layout.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known layouts: {sorted(LAYOUTS)}")
+    if sensors is not None:
+        unknown = [k for k in sensors if k not in list_sensors() and not k.startswith("label.")]
+        if unknown:
+            raise ValueError(f"unknown sensor key(s) {unknown}; known: {list_sensors()}")
+    return LAYOUTS[layout](Path(data), None if sensors is None else list(sensors), skip_bad)
