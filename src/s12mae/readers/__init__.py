@@ -6,6 +6,7 @@ that only finds its files. See :mod:`s12mae.readers.base` for the sample format.
 
 from s12mae.readers.base import (
     BandRef,
+    FolderReader,
     Grid,
     Item,
     LabelLayer,
@@ -31,6 +32,7 @@ __all__ = [
     "BandRef",
     "BigEarthNetV1Reader",
     "BigEarthNetV2Reader",
+    "FolderReader",
     "GenericReader",
     "Grid",
     "Item",

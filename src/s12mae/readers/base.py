@@ -578,3 +578,24 @@ class RasterReader:
             x[raw == lab.fill] = np.nan
             x = _warp(x, Grid.of(ds), grid, Resampling.nearest, lab.path)
         return np.where(np.isfinite(x), x, lab.fill).astype(lab.dtype)
+
+
+class FolderReader(RasterReader):
+    """A reader of one dataset folder ``root`` (the layouts' shared constructor).
+
+    Args:
+        root: the dataset folder.
+        sensors: sensor (and ``label.*``) keys to load; ``None`` loads every one present.
+        skip_bad, s2_offset: see :class:`RasterReader`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        sensors: Sequence[str] | None = None,
+        *,
+        skip_bad: bool = False,
+        s2_offset: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from s12mae.readers.base import Item, RasterReader, SensorLayer, parse_time, read_json
+from s12mae.readers.base import FolderReader, Item, SensorLayer, parse_time, read_json
 
 __all__ = ["BigEarthNetV1Reader", "BigEarthNetV2Reader", "bigearthnet_labels", "multi_hot19"]
 
@@ -39,21 +39,10 @@ def multi_hot19(names: Sequence[str], where: str, nomenclature: str = "labels19"
     return out
 
 
-class _BigEarthNetReader(RasterReader):
+class _BigEarthNetReader(FolderReader):
     """Shared patch layout: ``<patch>/<patch>_<B01..B12,B8A>.tif`` (S2 L2A at 20/60/120 px for
     60/20/10 m) and ``<s1 patch>/<s1 patch>_<VV|VH>.tif`` (dB, 120 px). The sample grid is the
     10 m bands' 120 x 120 UTM grid; 20 m and 60 m bands are resampled to it bilinearly."""
-
-    def __init__(
-        self,
-        root: str | Path,
-        sensors: Sequence[str] | None = None,
-        *,
-        skip_bad: bool = False,
-        s2_offset: int | None = None,
-    ) -> None:
-        self.root = Path(root)
-        super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)
 
     def _patch_item(
         self,

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from s12mae.readers.base import Item, LabelLayer, RasterReader, SensorLayer
+from s12mae.readers.base import FolderReader, Item, LabelLayer, SensorLayer
 
 __all__ = ["Sen1Floods11Reader"]
 
 
-class Sen1Floods11Reader(RasterReader):
+class Sen1Floods11Reader(FolderReader):
     """Chips ``<chip>_S2Hand.tif`` (13-band L1C, int16, nodata 0), ``<chip>_S1Hand.tif`` (VV, VH
     dB float32, NaN nodata) and ``<chip>_LabelHand.tif`` (-1 ignore, 0 land, 1 water), found
     anywhere under ``root``.
@@ -30,17 +30,6 @@ class Sen1Floods11Reader(RasterReader):
     source = "sen1floods11"
     suffixes: ClassVar[dict[str, str]] = {"_S2Hand": "s2_l1c", "_S1Hand": "s1_grd"}
     label_suffixes: ClassVar[dict[str, tuple[str, str, int]]] = {"_LabelHand": ("label.water", "int16", -1)}
-
-    def __init__(
-        self,
-        root: str | Path,
-        sensors: Sequence[str] | None = None,
-        *,
-        skip_bad: bool = False,
-        s2_offset: int | None = None,
-    ) -> None:
-        self.root = Path(root)
-        super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)
 
     def _discover(self) -> list[Item]:
         found: dict[str, dict[str, Path]] = {}

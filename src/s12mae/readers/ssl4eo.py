@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from s12mae.readers.base import Item, RasterReader, SensorLayer, parse_time, read_json
+from s12mae.readers.base import FolderReader, Item, SensorLayer, parse_time, read_json
 
 __all__ = ["Acquisition", "SSL4EOReader"]
 
@@ -29,7 +29,7 @@ class Acquisition:
         return self.time.strftime("%Y%m%d") if self.time else self.name
 
 
-class SSL4EOReader(RasterReader):
+class SSL4EOReader(FolderReader):
     """SSL4EO-S12: ``root/{s1,s2c,s2a}/<location>/<acquisition>/<band>.tif`` + ``metadata.json``.
 
     Bands are stored at native resolution (S2: 10/20/60 m; the sample files are in EPSG:4326, so
@@ -53,18 +53,6 @@ class SSL4EOReader(RasterReader):
 
     source = "ssl4eo-s12"
     products: ClassVar[dict[str, str]] = {"s2c": "s2_l1c", "s2a": "s2_l2a", "s1": "s1_grd"}
-
-    def __init__(
-        self,
-        root: str | Path,
-        sensors: Sequence[str] | None = None,
-        *,
-        skip_bad: bool = False,
-        s2_offset: int | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self._acquisitions = self._scan()
-        super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)
 
     def _scan(self) -> list[Acquisition]:
         out = []
@@ -97,6 +85,7 @@ class SSL4EOReader(RasterReader):
         return layer
 
     def _discover(self) -> list[Item]:
+        self._acquisitions = self._scan()
         items: dict[str, Item] = {}
         bad: set[str] = set()
         for acq in self._acquisitions:

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from s12mae.readers.base import Item, LabelLayer, RasterReader, SensorLayer
+from s12mae.readers.base import FolderReader, Item, LabelLayer, SensorLayer
 
 __all__ = ["TerraMeshReader"]
 
 
-class TerraMeshReader(RasterReader):
+class TerraMeshReader(FolderReader):
     """Scenes of ``root/<MODALITY>/<scene>.tif`` (S2L1C, S2L2A, S1RTC, S1GRD, DEM, LULC).
 
     Every modality is a multi-band stack on the scene's 10 m UTM grid (224 x 224 in the examples).
@@ -36,17 +36,6 @@ class TerraMeshReader(RasterReader):
         "DEM": "dem",
     }
     label_folders: ClassVar[dict[str, tuple[str, str, int]]] = {"LULC": ("label.landcover", "uint8", 0)}
-
-    def __init__(
-        self,
-        root: str | Path,
-        sensors: Sequence[str] | None = None,
-        *,
-        skip_bad: bool = False,
-        s2_offset: int | None = None,
-    ) -> None:
-        self.root = Path(root)
-        super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)
 
     def _discover(self) -> list[Item]:
         present = [f for f in [*self.folders, *self.label_folders] if (self.root / f).is_dir()]
