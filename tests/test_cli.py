@@ -88,7 +88,11 @@ def test_simulate_stats_and_pretrain_commands(tmp_path, capsys):
     assert saved.train.steps == 2 and saved.data.stats == str(stats)  # the run folder's config re-runs it
     assert main(args) == 2  # an existing run is not overwritten without --resume
     assert "--resume" in capsys.readouterr().err
-    assert main(args[:-4] + ["--train.steps", "3", "--train.out_dir", str(run), "--resume", "true"]) == 0
+    assert main(args[:-6] + ["--train.steps", "3", "--train.batch_size", "4", "--train.out_dir", str(run),
+                             "--resume", "true"]) == 0
+    changed = args[:-6] + ["--train.steps", "4", "--train.batch_size", "8", "--train.out_dir", str(run)]
+    assert main(changed + ["--resume", "true"]) == 2  # a resumed run keeps its config
+    assert "train.batch_size: 4 -> 8" in capsys.readouterr().err
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 

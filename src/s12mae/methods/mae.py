@@ -40,7 +40,7 @@ def random_masking(
     Returns:
         ``ids_keep (N, L_vis)``, ``mask (N, L)`` with 1 = hidden, ``ids_restore (N, L)``.
     """
-    n_keep = int(length * (1 - mask_ratio))
+    n_keep = int(length * (1 - mask_ratio) + 1e-9)  # guard float error: 10 * (1 - 0.9) = 0.999...
     if n_keep < 1:
         raise ValueError(f"mask ratio {mask_ratio} leaves no visible patch out of {length}")
     noise = keyed_uniform(seed, STREAM_MASK, step, index, length)

@@ -76,7 +76,7 @@ def random_mixing(
     dropped = torch.zeros(noise.shape, dtype=torch.bool, device=noise.device)
     if n_drop:
         drop_noise = keyed_uniform(seed, STREAM_DROP, step, index, length)
-        dropped = dropped.scatter(1, torch.argsort(drop_noise, dim=1)[:, :n_drop], True)
+        dropped = dropped.scatter(1, torch.argsort(drop_noise, dim=1, stable=True)[:, :n_drop], True)
         noise = noise.masked_fill(dropped, 2.0)  # dropped positions sort last
     ids_shuffle = torch.argsort(noise, dim=1, stable=True)
     runs = [*enumerate(counts), (-1, n_drop)]  # sensor id per shuffled slot, -1 = dropped
@@ -176,7 +176,7 @@ class MixMAE(nn.Module):
         self, step: int, index: torch.Tensor, length: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``source (N, L)``, ``ids_keep (N, L_keep)``, ``ids_restore (N, L)`` (see :func:`random_mixing`)."""
-        n_drop = int(length * self.drop_ratio)
+        n_drop = int(length * self.drop_ratio + 1e-9)  # guard 0.1 * 10 = 0.999...
         counts = split_counts(length - n_drop, self.proportions)
         return random_mixing(self.seed, step, index, length, counts, n_drop)
 

@@ -217,12 +217,46 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
     return None
 
 
+# Settings that may change when a run is resumed: they do not change what is computed, except
+# train.steps, which stretches the cosine schedule from the resumed step on.
+_RESUME_MAY_CHANGE = {"train.steps", "train.progress", "train.threads", "train.log_every",
+                      "train.checkpoint_every", "train.device", "data.num_workers"}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _check_resumable(run_dir: Path, cfg: PretrainConfig, start: int) -> None:
+    """A resumed run must keep the saved config but for the keys in ``_RESUME_MAY_CHANGE``."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flatten(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUME_MAY_CHANGE)
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        raise ValueError(f"{saved_path}: resuming with a different config ({detail}); resume with the "
+                         "run's own settings (only train.steps and logging/device settings may change)")
+
+
 def _trim_metrics(path: Path, start_step: int) -> list[dict[str, Any]]:
     """Keep the metrics lines of steps before ``start_step`` (after a resume)."""
     if not path.exists():
         return []
-    kept = [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-            if r["step"] < start_step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut off by the crash that the resume recovers from
+            continue
+        if record["step"] < start_step:
+            kept.append(record)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
@@ -232,12 +266,15 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
 
     Args:
         cfg: the resolved run config.
-        resume: continue from the run folder's latest checkpoint, with the same data order,
-            masks, schedule and optimizer state as an uninterrupted run.
+        resume: continue from the run folder's latest checkpoint with the same masks, schedule and
+            optimizer state as an uninterrupted run, and the same data order for array datasets
+            (shard streams restart at the epoch boundary). The config must be the saved one,
+            except ``train.steps`` and logging/device settings.
         callbacks: called as ``cb(step, record)`` after each optimizer step on every rank.
 
     Returns:
-        The run folder, the metrics of every step of this process's run and the trained model.
+        The run folder, the metrics (on rank 0: every logged step of the run, earlier sessions
+        included; on other ranks: this session's steps) and the trained model.
     """
     d = _setup(cfg)
     run_dir = Path(cfg.train.out_dir)
@@ -253,8 +290,15 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         start = int(state["step"])
-        if start >= cfg.train.steps:
-            raise ValueError(f"{resume_from}: the run is complete ({start} of {cfg.train.steps} steps)")
+        _check_resumable(run_dir, cfg, start)
+        if start > cfg.train.steps:
+            raise ValueError(f"{resume_from}: holds {start} steps, more than train.steps={cfg.train.steps}")
+    if start == cfg.train.steps:  # trained, but the end of the run (pictures, export) may be missing
+        history = _trim_metrics(run_dir / "metrics.jsonl", start) if d.rank == 0 else []
+        if d.rank == 0:
+            _finish(run_dir, cfg, method, _task_data(cfg, method, d, 1, {t: [] for t in method.tasks}),
+                    cfg.train.steps - 1, d.device)
+        return RunResult(run_dir, history, method)
     micro, accum = _batch_sizes(cfg, d)
     schedule = TaskSchedule(method.tasks, cfg.schedule.sequence, cfg.schedule.weights, cfg.train.seed)
     steps_of = schedule.task_steps(start, cfg.train.steps)
@@ -279,16 +323,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
         task = schedule.task_at(step)
-        batches = [{k: v.to(d.device, non_blocking=True) for k, v in next(loaders[task]).items()}
-                   for _ in range(accum)]
+        batches = [next(loaders[task]) for _ in range(accum)]  # on the CPU until their forward
         for b in batches:
             _check_finite(b, method.task_sensors(task))
         weights = method.term_weights(task)
-        counts = [method.denominators(b, task, step) for b in batches]
+        counts = [method.denominators(b, task, step) for b in batches]  # masks only: cheap on the CPU
         dens = torch.stack([torch.stack([c[t].float() for t in weights]) for c in counts]).sum(0)
-        dens = _all_reduce(dens, d).clamp_min(1.0)
+        dens = _all_reduce(dens.to(d.device), d).clamp_min(1.0)
         sums = torch.zeros(len(weights), device=d.device)
-        for b in batches:
+        for cpu_batch in batches:
+            b = {k: v.to(d.device, non_blocking=True) for k, v in cpu_batch.items()}
             with autocast:
                 nums = method(b, task, step)
             terms = torch.stack([nums[t].float() for t in weights])

@@ -51,6 +51,7 @@ class TaskSchedule:
         self.sequence = list(sequence) if sequence else None
         self.weights = dict(weights) if weights and not sequence else None
         self.seed = seed
+        self._cache = np.zeros(0, dtype=np.int64)
 
     def assignments(self, stop: int) -> np.ndarray:
         """Task ids (positions in ``tasks``) of steps ``0 .. stop-1``."""
@@ -66,7 +67,9 @@ class TaskSchedule:
         return np.minimum(np.searchsorted(edges, u, side="right"), len(self.tasks) - 1)
 
     def task_at(self, step: int) -> str:
-        return self.tasks[int(self.assignments(step + 1)[step])]
+        if step >= len(self._cache):  # grow geometrically: O(1) amortised per step
+            self._cache = self.assignments(max(step + 1, 2 * len(self._cache), 1024))
+        return self.tasks[int(self._cache[step])]
 
     def task_steps(self, start: int, stop: int) -> dict[str, list[int]]:
         """For each task, its task-local step numbers for the global steps in ``[start, stop)``."""
