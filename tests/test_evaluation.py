@@ -325,3 +325,24 @@ def test_real_samples_go_through_evaluate(tmp_path, task, folder, sensor):
     assert metrics["headline"]["value"] is not None and (out / "predictions.png").stat().st_size > 0
     if task == "bigearthnet":
         assert "B10" in json.dumps(metrics["encoder"])  # the L2A task fills the encoder's B10
+
+
+def test_evaluate_standardises_with_the_statistics_the_encoder_was_trained_with(tmp_path):
+    from s12mae.export import encoder_stats
+    from s12mae.sensors import write_stats
+
+    stats = tmp_path / "stats.json"
+    write_stats(stats, {"s2_l1c": {"bands": {b: {"mean": 0.2, "std": 0.1} for b in get_sensor("s2_l1c").band_names}}})
+    enc = tmp_path / "enc.safetensors"
+    cfg = SimpleNamespace(model=SimpleNamespace(encoder="vit_nano_patch8", img_size=32), method="mae",
+                          data=SimpleNamespace(stats=str(stats)))
+    save_encoder(build_encoder("vit_nano_patch8", {"s2_l1c": 13}, 32), enc, cfg)
+    assert encoder_stats(enc)["s2_l1c"]["bands"]["B04"] == {"mean": 0.2, "std": 0.1}
+    out = tmp_path / "eval"
+    evaluate(task="srseg", checkpoint=str(enc), out_dir=str(out), steps=1, batch_size=2, progress=False,
+             head=HeadConfig(decoder="vitlite_128d2b"),
+             data=EvalDataConfig(img_size=32, num_train=4, num_test=2))
+    used = json.loads((out / "encoder_stats.json").read_text())
+    assert used["s2_l1c"]["bands"]["B01"]["mean"] == 0.2
+    saved = json.loads((out / "metrics.json").read_text())["config"]
+    assert saved["data"]["stats"] == str(out / "encoder_stats.json")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from s12mae.models.vit import ViTEncoder, build_encoder
 
-__all__ = ["load_encoder", "save_encoder"]
+__all__ = ["encoder_stats", "load_encoder", "save_encoder"]
 
 
 def save_encoder(encoder: ViTEncoder, path: Path, cfg: Any) -> None:
@@ -24,12 +24,38 @@ def save_encoder(encoder: ViTEncoder, path: Path, cfg: Any) -> None:
         "img_size": str(cfg.model.img_size),
         "in_chans": json.dumps(encoder.in_chans),
         "method": cfg.method,
+        "stats": json.dumps(_stats_of(encoder, cfg)),  # the standardisation it was trained with
     }
     weights = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     save_file(weights, tmp, metadata=meta)
     os.replace(tmp, path)
+
+
+def _stats_of(encoder: ViTEncoder, cfg: Any) -> dict[str, Any]:
+    from s12mae.sensors import get_sensor
+
+    stats_file = getattr(getattr(cfg, "data", None), "stats", None)
+    out = {}
+    for key in encoder.in_chans:
+        try:
+            spec = get_sensor(key, stats_file)
+        except (KeyError, ValueError):  # a sensor unknown to the specs: nothing to record
+            continue
+        out[key] = {"source": f"statistics the encoder was trained with ({stats_file or 'shipped defaults'})",
+                    "bands": {b: {"mean": s.mean, "std": s.std} for b, s in spec.stats.items()}}
+    return out
+
+
+def encoder_stats(path: str | Path) -> dict[str, Any] | None:
+    """The band statistics recorded in an encoder file (``None`` for files without them)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{path}: unreadable encoder file ({err})") from None
+    return json.loads(meta["stats"]) if meta.get("stats") else None
 
 
 def load_encoder(path: str | Path) -> ViTEncoder:

@@ -8,6 +8,8 @@ once at the end, and writes ``metrics.json`` and ``predictions.png`` atomically 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import sys
@@ -195,6 +197,22 @@ def _test(cfg: EvalConfig, task: EvalTask, model: EvalModel, device: torch.devic
     return meter.compute()
 
 
+def _with_encoder_stats(cfg: EvalConfig) -> EvalConfig:
+    """Without ``data.stats``, standardise with the statistics recorded in the encoder file."""
+    if cfg.data.stats is not None or cfg.checkpoint == "random" or not Path(cfg.checkpoint).is_file():
+        return cfg
+    from s12mae.export import encoder_stats
+    from s12mae.sensors import write_stats
+
+    stats = encoder_stats(cfg.checkpoint)
+    if not stats:
+        return cfg
+    path = Path(cfg.out_dir) / "encoder_stats.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_stats(path, stats)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stats=str(path)))
+
+
 def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, Any]:
     """Train a new head (frozen) or head + encoder (finetune) and test it.
 
@@ -210,7 +228,9 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    task = task or build_task(cfg.task, cfg.data)
+    if task is None:
+        cfg = _with_encoder_stats(cfg)
+        task = build_task(cfg.task, cfg.data)
     if task.name != cfg.task:
         raise ValueError(f"config names task {cfg.task!r} but the given task is {task.name!r}")
     device = _device(cfg)
