@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,26 @@ from s12mae.config import DataConfig, ModelConfig, OptimConfig, PretrainConfig, 
 from s12mae.simulate import SimulationConfig
 
 torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""Real samples beside the checkout (``../shared/data``); never copied into the repository."""
+
+
+def shared(folder: str) -> Path:
+    """A folder of the shared real samples, or skip (they live outside the repository)."""
+    path = SHARED_DATA / folder
+    if not path.is_dir():
+        pytest.skip(f"real sample folder {path} is absent (shared data is not part of the repository)")
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (design note 12): tiny tensor ops only lose time to threading."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(out_dir: str, **train: object) -> PretrainConfig:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import shared
 from s12mae.cli import config_from_namespace, main, pretrain_parser
 from s12mae.demo import demo_config
 from s12mae.sensors import get_sensor, load_stats
@@ -103,9 +104,7 @@ def test_info_prints_variants_with_counts(capsys):
 
 
 def test_pair_shards_and_pretrain_from_shards_commands(tmp_path):
-    ssl4eo = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ssl4eo-s12-sample"
-    if not ssl4eo.is_dir():
-        pytest.skip("../shared/data is not beside this checkout")
+    ssl4eo = shared("ssl4eo-s12-sample")
     import pyarrow.parquet as pq
 
     assert main(["pair", str(ssl4eo), "--out", str(tmp_path / "pairs"), "--quiet", "true"]) == 0

@@ -6,13 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.utils.data import Dataset
 
+from conftest import shared
 from s12mae.evaluation import (
     EvalConfig,
     EvalDataConfig,
@@ -303,10 +303,8 @@ def test_missing_or_out_of_range_labels_name_the_file_and_sample(tmp_path, ckpt,
         run_evaluation(cfg)
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not beside this checkout")
 @pytest.mark.parametrize("task, folder, sensor", [("sen1floods11", "sen1floods11-sample", "s2_l1c"),
                                                   ("bigearthnet", "bigearthnet-v1-example", "s2_l2a")])
 def test_real_samples_go_through_evaluate(tmp_path, task, folder, sensor):
@@ -319,7 +317,7 @@ def test_real_samples_go_through_evaluate(tmp_path, task, folder, sensor):
     out = tmp_path / "eval"
     assert main(["evaluate", "--task", task, "--checkpoint", str(enc), "--out_dir", str(out), "--steps", "2",
                  "--batch_size", "2", "--head.decoder", "vitlite_128d2b", "--data.source", "real",
-                 "--data.path", str(SHARED / folder), "--progress", "false"]) == 0
+                 "--data.path", str(shared(folder)), "--progress", "false"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"]["sensor"] == sensor and metrics["task"]["train_samples"] > 0
     assert metrics["headline"]["value"] is not None and (out / "predictions.png").stat().st_size > 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import tiny_config
+from conftest import shared, tiny_config
 from test_readers import build_reben
 
 from s12mae.config import DataConfig
@@ -20,23 +20,9 @@ from s12mae.sensors import get_sensor
 from s12mae.shards import ShardConfig, read_manifest, read_samples, shard_loader, shards_cli
 from s12mae.stats import band_statistics, compute_stats_file
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def shared(folder: str) -> Path:
-    """A folder of the shared real samples, or skip (they live outside the repository)."""
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"real sample folder {path} is absent (shared data is not part of the repository)")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def keys_of(sample: dict) -> set[str]:

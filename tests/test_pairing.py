@@ -12,12 +12,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from conftest import SHARED_DATA
 import shapely
 
 from s12mae import pairing
 from s12mae.pairing import load_items, pair, pair_cli
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 T0 = datetime(2021, 3, 1, 12, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
 D = timedelta(days=1)

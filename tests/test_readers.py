@@ -27,16 +27,7 @@ from s12mae.readers import (
     canonical_band,
     parse_time,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def shared(folder: str) -> Path:
-    """A folder of the shared real samples, or skip (they live outside the repository)."""
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"real sample folder {path} is absent (shared data is not part of the repository)")
-    return path
+from conftest import shared
 
 
 def write_tif(

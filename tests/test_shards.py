@@ -49,13 +49,7 @@ def scenes(n: int = 6, size: int = 64) -> list[dict]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny per-sample tensor ops: intra-op threads only cost time (and a busy CI core more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def files(folder: Path) -> dict[str, bytes]:
