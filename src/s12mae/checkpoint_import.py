@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 from s12mae.export import save_encoder
+from s12mae.files import atomic_path
 from s12mae.methods.mae import MAE
 from s12mae.models.vit import build_encoder
 from s12mae.sensors import get_sensor
@@ -262,10 +262,8 @@ def import_mae_cli(
         meta = {"format": "s12mae-mae-1", "encoder": encoder, "decoder": decoder,
                 "img_size": str(img_size), "sensor": sensor, "source": str(checkpoint)}
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".mae.safetensors.", suffix=".tmp")
-        os.close(fd)
-        save_file(weights, tmp, metadata=meta)
-        os.replace(tmp, out / "mae.safetensors")
+        with atomic_path(out / "mae.safetensors") as tmp:
+            save_file(weights, str(tmp), metadata=meta)
         written.append(out / "mae.safetensors")
     print(report.summary())
     print("wrote " + ", ".join(str(p) for p in written))

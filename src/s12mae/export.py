@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from s12mae.files import atomic_path
 from s12mae.models.vit import ViTEncoder, build_encoder
 
 __all__ = ["encoder_stats", "load_encoder", "save_encoder"]
@@ -27,10 +26,8 @@ def save_encoder(encoder: ViTEncoder, path: Path, cfg: Any) -> None:
         "stats": json.dumps(_stats_of(encoder, cfg)),  # the standardisation it was trained with
     }
     weights = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    save_file(weights, tmp, metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(weights, str(tmp), metadata=meta)
 
 
 def _stats_of(encoder: ViTEncoder, cfg: Any) -> dict[str, Any]:

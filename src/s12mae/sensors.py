@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -20,6 +19,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from s12mae.files import atomic_write
 
 __all__ = [
     "Band",
@@ -214,11 +215,7 @@ def write_stats(path: str | os.PathLike[str], entries: dict[str, dict[str, Any]]
     path = Path(path)
     merged: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     merged.update(entries)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(merged, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(merged, indent=1))
 
 
 def list_sensors() -> list[str]:

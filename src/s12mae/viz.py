@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from s12mae.files import atomic_path  # noqa: E402
 from s12mae.sensors import get_sensor  # noqa: E402
 
 __all__ = ["plot_loss_curve", "plot_reconstructions", "save_figure"]
@@ -22,11 +21,11 @@ __all__ = ["plot_loss_curve", "plot_reconstructions", "save_figure"]
 
 def save_figure(fig: Any, path: Path) -> None:
     """Save a figure through a temporary file and a rename, then close it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or None)
+    finally:
+        plt.close(fig)
 
 
 def plot_loss_curve(metrics_path: Path, out: Path) -> None:

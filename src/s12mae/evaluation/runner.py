@@ -32,7 +32,7 @@ from s12mae.evaluation.metrics import MultilabelMeter, SegmentationMeter
 from s12mae.evaluation.tasks import EvalTask, build_task, describe
 from s12mae.models.vit import ENCODERS, ViTEncoder, build_encoder
 from s12mae.sensors import get_sensor
-from s12mae.train.checkpoint import atomic_write_text
+from s12mae.files import atomic_write
 from s12mae.train.optim import lr_at
 
 __all__ = ["build_model", "evaluate", "fit", "load_eval_encoder", "param_groups", "run_evaluation"]
@@ -263,7 +263,7 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
     }
     if cfg.num_plot:
         _plot(cfg, task, model, device, autocast, out / "predictions.png", result)
-    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(result), indent=1, allow_nan=False))
+    atomic_write(out / "metrics.json", json.dumps(_json_safe(result), indent=1, allow_nan=False))
     if cfg.progress:
         print(f"eval {task.name} {cfg.scenario} {cfg.checkpoint}: {task.headline}={metrics[task.headline]:.4f} "
               f"-> {out / 'metrics.json'}", flush=True)

@@ -22,7 +22,7 @@ from s12mae.config import OptimConfig
 from s12mae.evaluation.config import SCENARIOS, EvalConfig, EvalDataConfig, HeadConfig
 from s12mae.evaluation.runner import run_evaluation
 from s12mae.evaluation.tasks import build_task
-from s12mae.train.checkpoint import atomic_write_text
+from s12mae.files import atomic_write
 
 __all__ = ["TASK_TITLES", "format_table", "table"]
 
@@ -185,8 +185,8 @@ def table(
         note += " SIMULATED data: a smoke check of the pipeline, not results."
     markdown, csv_text = format_table(rows, tasks, headlines, note)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "table.md", markdown)
-    atomic_write_text(root / "table.csv", csv_text)
+    atomic_write(root / "table.md", markdown)
+    atomic_write(root / "table.csv", csv_text)
     out = {"markdown": markdown, "csv": csv_text, "rows": rows, "runs": runs}
-    atomic_write_text(root / "table.json", json.dumps({"rows": rows, "runs": runs, "note": note}, indent=1))
+    atomic_write(root / "table.json", json.dumps({"rows": rows, "runs": runs, "note": note}, indent=1))
     return out

@@ -8,9 +8,7 @@ that a resume would pick up. The last ``keep`` checkpoints are kept.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint", "atomic_write_text"]
+from s12mae.files import atomic_dir, atomic_write
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str, Any], keep: int = 2) -> Path:
@@ -41,18 +33,11 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
         keep: how many checkpoints to keep.
     """
     final = run_dir / f"checkpoint-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint-tmp-"))
-    try:
+    with atomic_dir(final, replace=True) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
         torch.save({**state, "step": step}, tmp / "state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_text(run_dir / "latest", final.name + "\n")
+    atomic_write(run_dir / "latest", final.name + "\n")
     for old in sorted(run_dir.glob("checkpoint-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -37,7 +37,8 @@ from tqdm import tqdm
 from s12mae.config import PretrainConfig
 from s12mae.data import ArrayDataset, available_rows, load_arrays, sensor_specs, task_loader
 from s12mae.methods import build_method
-from s12mae.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from s12mae.files import atomic_write
+from s12mae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from s12mae.train.optim import build_optimizer, lr_at
 from s12mae.train.schedule import TaskSchedule
 
@@ -257,7 +258,7 @@ def _trim_metrics(path: Path, start_step: int) -> list[dict[str, Any]]:
             continue
         if record["step"] < start_step:
             kept.append(record)
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
@@ -311,7 +312,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
     if d.rank == 0:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         history = _trim_metrics(metrics_path, start)
     this_run: list[dict[str, Any]] = []
     show = cfg.train.progress and d.rank == 0

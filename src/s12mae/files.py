@@ -1,0 +1,103 @@
+"""Writing files and folders so that a crash never leaves a partial result behind.
+
+Every output of the toolkit (statistics, shards, pairs tables, checkpoints, encoder exports,
+pictures, metrics) is written under a temporary name in the target's own folder and renamed
+into place only when complete. A reader therefore sees either the old file or the whole new one.
+Temporary names start with ``.`` and contain ``.tmp`` so that :func:`remove_stale_temps` can
+find the leftovers of a killed writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_dir", "atomic_path", "atomic_write", "remove_stale_temps"]
+
+TMP_MARK = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    For writers that want a path (safetensors, matplotlib, parquet). On an exception the
+    temporary file is removed and ``path`` is left as it was.
+
+    Example:
+        >>> with atomic_path(out / "model.safetensors") as tmp:
+        ...     save_file(weights, str(tmp))
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_MARK + path.suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` through a temporary file and a rename."""
+    payload = data.encode() if isinstance(data, str) else data
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    Args:
+        path: the folder to create.
+        replace: an existing ``path`` is replaced (the old one is removed after the rename);
+            without it an existing ``path`` is a ``FileExistsError`` raised before anything is
+            written.
+    """
+    path = Path(path)
+    if path.exists() and not replace:
+        raise FileExistsError(f"{path} already exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_MARK))
+    try:
+        yield tmp
+        if path.exists():
+            old = tmp.with_name(tmp.name + ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_temps(folder: str | os.PathLike, prefix: str = ".") -> list[Path]:
+    """Remove the temporary files and folders a killed writer left in ``folder``.
+
+    Only names made by this module (or following its convention: starting with ``prefix`` and
+    containing ``.tmp``) are touched. Call it where a single writer owns the folder (a locked run
+    folder, a shard set being resumed), never while another writer may be active.
+
+    Returns:
+        The paths removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.name.startswith(prefix) and TMP_MARK in p.name:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
