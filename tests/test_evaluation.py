@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from s12mae.evaluation import (
     EvalConfig,
     EvalDataConfig,
     EvalTask,
+    FitConfig,
     HeadConfig,
     MultilabelMeter,
     SegmentationMeter,
@@ -26,17 +28,20 @@ from s12mae.evaluation import (
     evaluate,
     param_groups,
     plan_input,
+    prepare_splits,
     register_task,
     run_evaluation,
     table,
+    TableConfig,
+    with_validation,
 )
+from s12mae.evaluation.fitting import fit
 from s12mae.evaluation.heads import InputAdapter
-from s12mae.evaluation.runner import fit
 from s12mae.export import save_encoder
 from s12mae.models.vit import build_encoder
 from s12mae.sensors import get_sensor
 
-DATA = EvalDataConfig(img_size=32, num_train=12, num_test=6)
+DATA = EvalDataConfig(img_size=32, num_train=12, num_test=6, num_val=6)
 HEAD = HeadConfig(decoder="vitlite_128d2b")
 
 
@@ -53,9 +58,17 @@ def ckpt(tmp_path_factory):
 
 
 def _cfg(ckpt, **kw):
-    base = dict(task="sen1floods11", scenario="frozen", checkpoint=ckpt, steps=2, batch_size=4, seed=0,
-                head=HEAD, data=DATA, threads=1, progress=False, num_plot=2, device="cpu")
+    fit_kw = {k: kw.pop(k) for k in ("steps", "batch_size", "optim", "layer_decay") if k in kw}
+    base = dict(task="sen1floods11", scenario="frozen", checkpoint=ckpt, seed=0, fit=FitConfig(**{
+                "steps": 2, "batch_size": 4, **fit_kw}), head=HEAD, data=DATA, threads=1, progress=False, num_plot=2,
+                device="cpu")
     return EvalConfig(**{**base, **kw})
+
+
+def _fit(cfg, task, model):
+    task, _ = with_validation(task, cfg.data.val_fraction)
+    splits = prepare_splits(cfg, task, model, torch.device("cpu"), None)
+    return fit(cfg, task, model, splits["train"], splits["val"])
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -127,7 +140,7 @@ def test_frozen_encoder_is_bit_identical_and_in_eval_mode_after_training(ckpt):
     model.train()
     assert not model.encoder.training and model.head.training
     assert not any(p.requires_grad for p in model.encoder.parameters())
-    fit(cfg, task, model)
+    _fit(cfg, task, model)
     assert not model.encoder.training
     assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
     assert any(not torch.equal(head_before[k], v) for k, v in model.head.state_dict().items())
@@ -138,7 +151,7 @@ def test_finetune_changes_the_encoder(ckpt):
     task = build_task(cfg.task, cfg.data)
     model = build_model(cfg, task)
     before = {k: v.clone() for k, v in model.encoder.named_parameters()}
-    fit(cfg, task, model)
+    _fit(cfg, task, model)
     assert model.encoder.training
     changed = [k for k, v in model.encoder.named_parameters() if not torch.equal(before[k], v)]
     assert "blocks.0.attn.qkv.weight" in changed and "patch_embed.s2_l1c.proj.weight" in changed
@@ -207,54 +220,75 @@ def test_sizes_the_patch_does_not_divide_are_resized_to_the_nearest_multiple(tmp
 ])
 def test_evaluate_writes_metrics_and_predictions(tmp_path, ckpt, task, headline, extra):
     torch.set_num_threads(1)
-    res = evaluate(task=task, scenario="finetune", checkpoint=ckpt, out_dir=str(tmp_path / task), steps=2,
-                   batch_size=4, head=HEAD, data=DATA, layer_decay=0.75, device="cpu", threads=1, progress=False)
+    res = evaluate(_cfg(ckpt, task=task, scenario="finetune", out_dir=str(tmp_path / task), layer_decay=0.75))
     saved = json.loads((tmp_path / task / "metrics.json").read_text())
     assert saved["headline"]["name"] == headline and res["headline"] == saved["headline"]
     assert 0.0 <= saved["headline"]["value"] <= 1.0
     assert all(k in saved["metrics"] for k in extra)
-    assert saved["config"]["task"] == task and saved["config"]["layer_decay"] == 0.75
+    assert saved["config"]["task"] == task and saved["config"]["fit"]["layer_decay"] == 0.75
     assert saved["encoder"]["filled_bands"] == (["B10"] if task == "bigearthnet" else [])
     assert (tmp_path / task / "predictions.png").stat().st_size > 1000
+    assert (tmp_path / task / "curves.png").stat().st_size > 1000
+    assert saved["ridge"] is None  # finetune: no closed-form probe (it reads frozen features)
+    assert [s for s, _ in saved["train"]["val_loss"]] == [0, 1, 2] and saved["train"]["selected"]["step"] in (1, 2)
 
 
 def test_random_encoder_with_cloud_class_and_upsample_head(tmp_path):
     cfg = EvalConfig(task="sen1floods11", checkpoint="random", random_encoder="vit_nano_patch8",
-                     out_dir=str(tmp_path), steps=1, batch_size=4, threads=1, progress=False, device="cpu",
-                     optim={"name": "adamw", "lr": 1e-3},
+                     out_dir=str(tmp_path), threads=1, progress=False, device="cpu",
+                     fit={"steps": 1, "batch_size": 4, "optim": {"name": "adamw", "lr": 1e-3}},
                      head=HeadConfig(segmentation="upsample"), data=EvalDataConfig(**{**DATA.__dict__, "cloud": "class"}))
     res = run_evaluation(cfg)
     assert res["task"]["classes"] == ["background", "water", "cloud"]
     assert "iou_cloud" in res["metrics"] and res["headline"]["name"] == "iou_water"
 
 
-def test_table_writes_markdown_and_csv_with_mean_and_std(tmp_path, ckpt):
+def test_table_writes_markdown_and_csv_with_baselines_ridge_and_convergence_marks(tmp_path, ckpt):
     torch.set_num_threads(1)
-    other = _save(tmp_path / "other.safetensors", {"s2_l1c": 13}, seed=1)
-    out = table({"Baseline": ckpt, "Other": other}, scenarios=["finetune", "frozen"],
-                tasks=["bigearthnet", "sen1floods11", "srseg"], seeds=[0, 1], out_dir=str(tmp_path / "t"),
-                steps=1, batch_size=4, optimizer="adamw", head=HeadConfig(segmentation="upsample"),
-                data=EvalDataConfig(img_size=32, num_train=8, num_test=4), device="cpu", threads=1,
-                progress=False, num_plot=0)
+    run = _cfg(ckpt, steps=1, optim={"name": "adamw", "lr": 1e-3}, head=HeadConfig(segmentation="upsample"),
+               data=EvalDataConfig(img_size=32, num_train=8, num_test=4, num_val=4), random_encoder="vit_nano_patch8",
+               num_plot=0)
+    cfg = TableConfig(checkpoints={"Baseline": ckpt}, scenarios=["finetune", "frozen"],
+                      tasks=["bigearthnet", "sen1floods11"], seeds=[0, 1], out_dir=str(tmp_path / "t"), run=run)
+    out = table(cfg)
     md = (tmp_path / "t" / "table.md").read_text()
     lines = md.splitlines()
-    assert lines[0].startswith("| Scenario | Model | BEN (mAP micro) | Sen1Floods (IoU water) | SRSeg")
-    assert lines[2].startswith("| Finetune | Baseline |") and lines[3].startswith("|  | Other |")
-    assert lines[4].startswith("| Frozen | Baseline |")
-    assert sum(line.count("±") for line in lines if line.startswith("|")) == 12
+    assert lines[0] == "| Scenario | Model | BEN (mAP micro) | Sen1Floods (IoU water) |"
+    assert lines[2].startswith("| Finetune | Baseline |") and lines[3].startswith("|  | pixels |")
+    assert lines[4].startswith("|  | random init |") and lines[5].startswith("| Frozen | Baseline |")
+    assert lines[8].startswith("| Ridge (closed form) | Baseline |") and lines[10].startswith("|  | random init |")
+    # 3 models x 2 tasks x (finetune, frozen, ridge), two seeds each
+    assert sum(line.count("±") for line in lines if line.startswith("|")) == 18
     rows = list(csv.DictReader((tmp_path / "t" / "table.csv").open()))
-    assert len(rows) == 12 and len(out["runs"]) == 24
-    r = next(r for r in rows if (r["scenario"], r["model"], r["task"]) == ("frozen", "Other", "srseg"))
+    assert len(rows) == 18 and len(out["runs"]) == 24
+    r = next(r for r in rows if (r["scenario"], r["model"], r["task"]) == ("frozen", "random init", "sen1floods11"))
     vals = [float(v) for v in r["values"].split(";")]
-    assert r["n"] == "2" and r["metric"] == "miou"
+    assert r["n"] == "2" and r["metric"] == "iou_water"
     assert float(r["mean"]) == pytest.approx(sum(vals) / 2, abs=1e-3)
     assert float(r["std"]) == pytest.approx(abs(vals[0] - vals[1]) / math.sqrt(2), abs=1e-3)
+    ridge = {m: next(r for r in rows if (r["scenario"], r["model"], r["task"]) == ("ridge", m, "bigearthnet"))
+             for m in ("Baseline", "random init")}
+    assert float(ridge["Baseline"]["std"]) == pytest.approx(0.0, abs=1e-6)  # closed form, same encoder every seed
+    assert float(ridge["random init"]["std"]) > 0  # a new random encoder per seed
+    # one optimizer step cannot converge: every trained cell is marked and the note says why
+    assert "†" in lines[5] and "still improving at the end" in md
+    assert all(r["not_converged"] == "2" for r in rows if r["scenario"] != "ridge")
+    # pixels has nothing to finetune: its finetune row is its frozen row
+    pix = {s: next(r for r in rows if (r["scenario"], r["model"], r["task"]) == (s, "pixels", "sen1floods11"))
+           for s in ("finetune", "frozen")}
+    assert pix["finetune"]["values"] == pix["frozen"]["values"]
     # a second call reuses every finished run (same config) instead of training again
-    again = table({"Baseline": ckpt, "Other": other}, tasks=["srseg"], seeds=[0, 1], out_dir=str(tmp_path / "t"),
-                  steps=1, batch_size=4, optimizer="adamw", head=HeadConfig(segmentation="upsample"),
-                  data=EvalDataConfig(img_size=32, num_train=8, num_test=4), device="cpu", threads=1,
-                  progress=False, num_plot=0)
-    assert [x["value"] for x in again["runs"]] == [x["value"] for x in out["runs"] if x["task"] == "srseg"]
+    again = table(dataclasses.replace(cfg, tasks=["sen1floods11"]))
+    assert [x["value"] for x in again["runs"]] == [x["value"] for x in out["runs"] if x["task"] == "sen1floods11"]
+
+
+def test_table_config_refuses_unknown_baselines_and_name_clashes():
+    with pytest.raises(ValueError, match="unknown.*'imagenet'"):
+        TableConfig(checkpoints={"a": "x"}, baselines=["imagenet"])
+    with pytest.raises(ValueError, match="'random init'.*taken by the baselines"):
+        TableConfig(checkpoints={"random init": "random"})
+    with pytest.raises(ValueError, match="steps.*'ocean'"):
+        TableConfig(checkpoints={"a": "x"}, steps={"ocean": 3})
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -290,7 +324,7 @@ class _Bad(Dataset):
 
 @pytest.mark.parametrize("label,match", [
     (lambda i: torch.full((32, 32), 5 if i == 2 else 0), r"bad.tif.*out of range in sample\(s\) \[2\].*5\.0"),
-    (lambda i: torch.zeros(16, 16, dtype=torch.long), r"bad.tif.*labels of shape \(4, 16, 16\)"),
+    (lambda i: torch.zeros(16, 16, dtype=torch.long), r"bad.tif.*labels of shape \(\d, 16, 16\)"),
     (None, r"bad.tif.*no 'label' entry"),
 ])
 def test_missing_or_out_of_range_labels_name_the_file_and_sample(tmp_path, ckpt, label, match):
@@ -309,15 +343,13 @@ def test_missing_or_out_of_range_labels_name_the_file_and_sample(tmp_path, ckpt,
                                                   ("bigearthnet", "bigearthnet-v1-example", "s2_l2a")])
 def test_real_samples_go_through_evaluate(tmp_path, task, folder, sensor):
     """Smoke checks on the real chips (not accuracy claims): readers -> task -> head -> metrics."""
-    from s12mae.cli import main
-
     enc = tmp_path / "enc.safetensors"
     cfg = SimpleNamespace(model=SimpleNamespace(encoder="vit_nano_patch16", img_size=128), method="mae")
     save_encoder(build_encoder("vit_nano_patch16", {"s2_l1c": 13}, 128), enc, cfg)
     out = tmp_path / "eval"
-    assert main(["evaluate", "--task", task, "--checkpoint", str(enc), "--out_dir", str(out), "--steps", "2",
-                 "--batch_size", "2", "--head.decoder", "vitlite_128d2b", "--data.source", "real",
-                 "--data.path", str(shared(folder)), "--progress", "false"]) == 0
+    evaluate(EvalConfig(task=task, checkpoint=str(enc), out_dir=str(out), fit=FitConfig(steps=2, batch_size=2),
+                        head=HeadConfig(decoder="vitlite_128d2b"), progress=False,
+                        data=EvalDataConfig(source="real", path=str(shared(folder)))))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"]["sensor"] == sensor and metrics["task"]["train_samples"] > 0
     assert metrics["headline"]["value"] is not None and (out / "predictions.png").stat().st_size > 0
@@ -337,9 +369,9 @@ def test_evaluate_standardises_with_the_statistics_the_encoder_was_trained_with(
     save_encoder(build_encoder("vit_nano_patch8", {"s2_l1c": 13}, 32), enc, cfg)
     assert encoder_stats(enc)["s2_l1c"]["bands"]["B04"] == {"mean": 0.2, "std": 0.1}
     out = tmp_path / "eval"
-    evaluate(task="srseg", checkpoint=str(enc), out_dir=str(out), steps=1, batch_size=2, progress=False,
-             head=HeadConfig(decoder="vitlite_128d2b"),
-             data=EvalDataConfig(img_size=32, num_train=4, num_test=2))
+    evaluate(EvalConfig(task="srseg", checkpoint=str(enc), out_dir=str(out), fit=FitConfig(steps=1, batch_size=2),
+                        progress=False, head=HeadConfig(decoder="vitlite_128d2b"),
+                        data=EvalDataConfig(img_size=32, num_train=4, num_test=2, num_val=2)))
     used = json.loads((out / "encoder_stats.json").read_text())
     assert used["s2_l1c"]["bands"]["B01"]["mean"] == 0.2
     saved = json.loads((out / "metrics.json").read_text())["config"]

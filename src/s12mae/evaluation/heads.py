@@ -1,12 +1,16 @@
 """Downstream heads, the input adapter (band mapping, resizing) and the encoder + head model.
 
 Every head reads the encoder's tokens ``(N, 1 + L, D)`` (class token first, final norm applied,
-``ViTEncoder.forward_features``) and the token grid, so no head special-cases a method.
+``ViTEncoder.forward_features``) and the token grid, so no head special-cases a method. A head is
+``reduce`` (parameter-free: pooling for the linear probe, nothing for dense heads; what a frozen
+run caches) then ``predict`` (standardisation with training-set statistics, then the trainable
+layers).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from s12mae.evaluation.config import EvalDataConfig, HeadConfig
+from s12mae.evaluation.features import PixelEncoder, Standardize
 from s12mae.models.decoder import build_decoder
 from s12mae.models.patches import unpatchify
 from s12mae.models.vit import ViTEncoder
@@ -24,27 +29,48 @@ __all__ = ["EvalModel", "InputAdapter", "LinearProbe", "UpsampleSegHead", "ViTLi
 
 
 class LinearProbe(nn.Module):
-    """Linear classifier on pooled tokens: ``(N, 1 + L, D) -> (N, K)`` logits.
+    """Linear classifier on pooled, standardised tokens: ``(N, 1 + L, D) -> (N, K)`` logits.
 
     Args:
         in_dim: token width ``D``.
         num_classes: ``K``.
         pool: ``mean`` of the patch tokens (DESIGN-NOTES 2) or the ``cls`` token.
+        standardize: per-feature standardisation of the pooled feature (MAE's linear probe).
     """
 
-    def __init__(self, in_dim: int, num_classes: int, pool: str = "mean") -> None:
+    def __init__(self, in_dim: int, num_classes: int, pool: str = "mean", standardize: bool = True) -> None:
         super().__init__()
         self.pool = pool
+        self.norm = Standardize(in_dim, tokens=False) if standardize else nn.Identity()
         self.fc = nn.Linear(in_dim, num_classes)
         nn.init.trunc_normal_(self.fc.weight, std=0.01)  # MAE linear probe init
         nn.init.zeros_(self.fc.bias)
 
+    def reduce(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The parameter-free part: ``(N, 1 + L, D) -> (N, D)`` pooled features."""
+        return tokens[:, 1:].mean(1) if self.pool == "mean" else tokens[:, 0]
+
+    def predict(self, feats: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(N, D)`` pooled features -> ``(N, K)`` logits."""
+        return self.fc(self.norm(feats))
+
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        pooled = tokens[:, 1:].mean(1) if self.pool == "mean" else tokens[:, 0]  # (N, D)
-        return self.fc(pooled)
+        return self.predict(self.reduce(tokens), grid)
 
 
-class ViTLiteSegHead(nn.Module):
+class _TokenHead(nn.Module):
+    """A head that reads every token: ``reduce`` keeps them, ``predict`` standardises first."""
+
+    norm: nn.Module
+
+    def reduce(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return self.predict(tokens, grid)
+
+
+class ViTLiteSegHead(_TokenHead):
     """ViT-Lite decoder over all tokens (no masking) + per-token linear segmentation head.
 
     The decoder's final ``Linear`` (``pred``) is the segmentation head: it predicts
@@ -57,44 +83,50 @@ class ViTLiteSegHead(nn.Module):
         grid: token grid the decoder's position table is built for.
         patch_out: output pixels per token side ``p_out``.
         num_classes: ``K``.
+        standardize: per-feature standardisation of the tokens first.
     """
 
-    def __init__(self, decoder: str, in_dim: int, grid: tuple[int, int], patch_out: int, num_classes: int) -> None:
+    def __init__(self, decoder: str, in_dim: int, grid: tuple[int, int], patch_out: int, num_classes: int,
+                 standardize: bool = True) -> None:
         super().__init__()
         self.patch_out, self.num_classes = patch_out, num_classes
+        self.norm = Standardize(in_dim, tokens=True) if standardize else nn.Identity()
         self.decoder = build_decoder(decoder, in_dim, grid, patch_out * patch_out * num_classes)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        out = self.decoder(tokens, grid)  # (N, L, p_out * p_out * K)
+    def predict(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(N, 1 + L, D)`` tokens -> ``(N, K, gh * p_out, gw * p_out)`` logits."""
+        out = self.decoder(self.norm(tokens), grid)  # (N, L, p_out * p_out * K)
         return unpatchify(out, self.patch_out, grid, self.num_classes)
 
 
-class UpsampleSegHead(nn.Module):
+class UpsampleSegHead(_TokenHead):
     """1x1 convolution on the token feature map + bilinear upsampling (a linear dense probe).
 
     ``(N, 1 + L, D) -> (N, K, gh * scale, gw * scale)`` with ``scale = patch_size * label_scale``.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, scale: int) -> None:
+    def __init__(self, in_dim: int, num_classes: int, scale: int, standardize: bool = True) -> None:
         super().__init__()
         self.scale = scale
+        self.norm = Standardize(in_dim, tokens=True) if standardize else nn.Identity()
         self.conv = nn.Conv2d(in_dim, num_classes, kernel_size=1)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def predict(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        tokens = self.norm(tokens)
         n, _, d = tokens.shape
         fmap = tokens[:, 1:].transpose(1, 2).reshape(n, d, *grid)  # (N, D, gh, gw)
         return F.interpolate(self.conv(fmap), scale_factor=self.scale, mode="bilinear", align_corners=False)
 
 
-def build_head(kind: str, cfg: HeadConfig, encoder: ViTEncoder, grid: tuple[int, int], num_classes: int,
+def build_head(kind: str, cfg: HeadConfig, encoder: nn.Module, grid: tuple[int, int], num_classes: int,
                label_scale: int) -> nn.Module:
     """The head of a task kind (``multilabel``: linear probe; ``segmentation``: ``cfg.segmentation``)."""
     if kind == "multilabel":
-        return LinearProbe(encoder.embed_dim, num_classes, cfg.pool)
+        return LinearProbe(encoder.embed_dim, num_classes, cfg.pool, cfg.standardize)
     patch_out = encoder.patch_size * label_scale
     if cfg.segmentation == "vitlite":
-        return ViTLiteSegHead(cfg.decoder, encoder.embed_dim, grid, patch_out, num_classes)
-    return UpsampleSegHead(encoder.embed_dim, num_classes, patch_out)
+        return ViTLiteSegHead(cfg.decoder, encoder.embed_dim, grid, patch_out, num_classes, cfg.standardize)
+    return UpsampleSegHead(encoder.embed_dim, num_classes, patch_out, cfg.standardize)
 
 
 @dataclass(frozen=True)
@@ -120,7 +152,7 @@ def _nearest_multiple(n: int, p: int) -> int:
     return max(p, int(math.floor(n / p + 0.5)) * p)
 
 
-def plan_input(encoder: ViTEncoder, spec: SensorSpec, size: tuple[int, int], data: EvalDataConfig,
+def plan_input(encoder: ViTEncoder | PixelEncoder, spec: SensorSpec, size: tuple[int, int], data: EvalDataConfig,
                checkpoint: str) -> InputPlan:
     """Match a task's input to the encoder's patch embeddings, by band name.
 
@@ -194,21 +226,27 @@ class InputAdapter(nn.Module):
 class EvalModel(nn.Module):
     """Input adapter + encoder + head; ``frozen`` keeps the encoder fixed and in eval mode.
 
+    ``forward(x) = classify(features(x))``: ``features`` is everything a frozen run can compute
+    once (adapter, encoder, the head's pooling), ``classify`` the trainable rest.
+
     Args:
-        encoder: pretrained (or random) encoder.
-        head: task head (``head(tokens, grid)``).
+        encoder: pretrained (or random) encoder, or the ``pixels`` :class:`PixelEncoder`.
+        head: task head (``reduce``, ``predict``, ``norm``).
         adapter: task input -> encoder input.
         frozen: encoder parameters get ``requires_grad=False`` and the encoder stays in eval mode
-            even under ``model.train()``; its features are computed without autograd.
+            even under ``model.train()``; its features are computed without autograd. An encoder
+            without parameters (``pixels``) is always frozen.
         out_size: segmentation: the label grid; logits of another size are resized bilinearly.
     """
 
-    def __init__(self, encoder: ViTEncoder, head: nn.Module, adapter: InputAdapter, frozen: bool,
+    def __init__(self, encoder: ViTEncoder | PixelEncoder, head: nn.Module, adapter: InputAdapter, frozen: bool,
                  out_size: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.encoder, self.head, self.adapter = encoder, head, adapter
-        self.frozen, self.out_size = frozen, out_size
-        if frozen:
+        self.frozen = frozen or not any(True for _ in encoder.parameters())
+        self.out_size = out_size
+        self.grid = encoder.patch_grid(*adapter.plan.size)
+        if self.frozen:
             encoder.requires_grad_(False)
             encoder.eval()
 
@@ -218,17 +256,21 @@ class EvalModel(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Task input ``(N, C, H, W)`` -> logits ``(N, K)`` or ``(N, K, H_label, W_label)``."""
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Task input ``(N, C, H, W)`` -> the head's input before standardisation (``head.reduce``)."""
         x = self.adapter(x)
-        grid = self.encoder.patch_grid(x.shape[-2], x.shape[-1])
         sensor = self.adapter.plan.encoder_sensor
-        if self.frozen:
-            with torch.no_grad():
-                tokens = self.encoder.forward_features(x, sensor)
-        else:
+        with torch.no_grad() if self.frozen else nullcontext():
             tokens = self.encoder.forward_features(x, sensor)  # (N, 1 + L, D)
-        out = self.head(tokens, grid)
+            return self.head.reduce(tokens)
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """Head input -> logits ``(N, K)`` or ``(N, K, H_label, W_label)``."""
+        out = self.head.predict(feats, self.grid)
         if self.out_size is not None and tuple(out.shape[-2:]) != tuple(self.out_size):
             out = F.interpolate(out, size=self.out_size, mode="bilinear", align_corners=False)
         return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Task input ``(N, C, H, W)`` -> logits ``(N, K)`` or ``(N, K, H_label, W_label)``."""
+        return self.classify(self.features(x))

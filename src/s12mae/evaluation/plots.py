@@ -1,4 +1,4 @@
-"""Pictures of a downstream run: predictions against labels for a few test samples."""
+"""Pictures of a downstream run: predictions against labels for a few test samples; loss curves."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from s12mae.evaluation.tasks import EvalTask  # noqa: E402
 from s12mae.viz import save_figure  # noqa: E402
 
-__all__ = ["plot_predictions"]
+__all__ = ["plot_curves", "plot_predictions"]
 
 
 def _class_colors(k: int) -> ListedColormap:
@@ -82,4 +82,38 @@ def plot_predictions(task: EvalTask, x: torch.Tensor, labels: torch.Tensor, logi
         fig = _plot_segmentation(task, x, labels, logits, title)
     else:
         fig = _plot_multilabel(task, labels, logits, title)
+    save_figure(fig, out)
+
+
+def plot_curves(train: dict, headline: str, out: Path, title: str) -> None:
+    """Write ``out``: training and validation loss per step, the validation headline metric, and
+    the selected step (a dotted line); the title says whether the run converged.
+
+    Args:
+        train: the ``train`` record of ``metrics.json`` (``loss``, ``val_loss``, ``val_metric``
+            as ``[[step, value], ...]``, ``selected``, ``converged``).
+        headline: name of the validation metric.
+        out: picture path.
+        title: first title line.
+    """
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    for key, name, style in (("loss", "train", "-"), ("val_loss", "validation", "o-")):
+        pts = np.asarray(train[key], dtype=float).reshape(-1, 2)
+        ax_loss.plot(pts[:, 0], pts[:, 1], style, ms=3, lw=1, label=name)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(fontsize=7)
+    pts = np.asarray(train["val_metric"], dtype=float).reshape(-1, 2)
+    ax_metric.plot(pts[:, 0], pts[:, 1], "o-", ms=3, lw=1, color="tab:green")
+    ax_metric.set_xlabel("step")
+    ax_metric.set_ylabel(f"validation {headline}")
+    step = train.get("selected", {}).get("step")
+    if step is not None:
+        for ax in (ax_loss, ax_metric):
+            ax.axvline(step, color="k", ls=":", lw=0.8)
+    state = "converged" if train.get("converged", True) else "NOT converged: validation loss still falling"
+    fig.suptitle(f"{title}\nselected step {step} (dotted, by {train.get('selected', {}).get('by')}); {state}",
+                 fontsize=8)
+    fig.tight_layout()
     save_figure(fig, out)

@@ -17,19 +17,19 @@ dataset folder), so the whole evaluation runs without downloads. Nothing simulat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from s12mae.evaluation.config import EvalDataConfig
 from s12mae.sensors import SensorSpec, get_sensor
 from s12mae.simulate import LAND_COVER_CLASSES, SimulationConfig, load_simulated, simulate
 
-__all__ = ["TASKS", "EvalTask", "build_task", "register_task"]
+__all__ = ["TASKS", "EvalTask", "build_task", "register_task", "with_validation"]
 
 TaskKind = Literal["segmentation", "multilabel"]
 
@@ -47,6 +47,8 @@ class EvalTask:
         class_names: one name per class / label.
         train: training split.
         test: test split.
+        val: validation split (head selection and convergence); ``None``: the runner holds out
+            ``data.val_fraction`` of ``train`` (:func:`with_validation`).
         headline: name of the metric of Table 2 (a key of the metrics dict).
         label_scale: label grid / input grid (4 for super-resolution segmentation).
         ignore_index: label value of pixels that neither train nor count (segmentation).
@@ -66,6 +68,7 @@ class EvalTask:
     ignore_index: int = -1
     source: str = "dataset"
     notes: str = ""
+    val: Dataset | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("segmentation", "multilabel"):
@@ -141,19 +144,32 @@ def _simulated(num: int, img_size: int, seed: int) -> dict[str, np.ndarray]:
     return simulate(SimulationConfig(num_samples=num, img_size=img_size, seed=seed))
 
 
-def _sim_splits(data: EvalDataConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
-    """Train and test arrays: separate seeds in memory, or head/tail index ranges of a folder."""
+Arrays = dict[str, np.ndarray]
+
+
+def _sim_splits(data: EvalDataConfig) -> tuple[Arrays, Arrays | None, Arrays, str]:
+    """Train, validation and test arrays: separate seeds in memory, or head/tail index ranges of
+    a folder (which has no validation split: the runner holds out part of train)."""
     if data.path is None:
-        return (_simulated(data.num_train, data.img_size, data.sim_seed),
-                _simulated(data.num_test, data.img_size, data.sim_seed + 1),
-                f"simulated scenes (seeds {data.sim_seed}/{data.sim_seed + 1}, {data.img_size} px)")
+        seeds = (data.sim_seed, data.sim_seed + 2, data.sim_seed + 1)
+        return (_simulated(data.num_train, data.img_size, seeds[0]), _simulated(data.num_val, data.img_size, seeds[1]),
+                _simulated(data.num_test, data.img_size, seeds[2]),
+                f"simulated scenes (seeds train/val/test {seeds[0]}/{seeds[1]}/{seeds[2]}, {data.img_size} px)")
     arrays, _ = load_simulated(data.path)
-    n = len(arrays["s2_l1c"])
+    n = len(next(iter(arrays.values())))
     n_test = max(1, int(round(n * data.test_fraction)))
     if n - n_test < 1:
         raise ValueError(f"{data.path}: {n} scenes are too few to split off a test set")
-    return ({k: a[: n - n_test] for k, a in arrays.items()}, {k: a[n - n_test :] for k, a in arrays.items()},
+    return ({k: a[: n - n_test] for k, a in arrays.items()}, None, {k: a[n - n_test :] for k, a in arrays.items()},
             f"{data.path} (simulated; test = last {n_test} of {n} scenes)")
+
+
+def _sim_datasets(data: EvalDataConfig, spec: SensorSpec, band_index: list[int],
+                  label_fn: Callable[[Arrays, int], torch.Tensor]) -> dict[str, Any]:
+    """``train``, ``val`` (``None`` for a folder) and ``test`` datasets and the ``source`` line."""
+    train, val, test, source = _sim_splits(data)
+    make = lambda arrays: SimulatedTaskDataset(arrays, spec, band_index, label_fn, source)  # noqa: E731
+    return {"train": make(train), "val": None if val is None else make(val), "test": make(test), "source": source}
 
 
 class SimulatedTaskDataset(Dataset):
@@ -188,8 +204,12 @@ class SimulatedTaskDataset(Dataset):
                 "index": torch.tensor(i, dtype=torch.int64)}
 
 
+_SIM_INPUT = "s2_l1c"
+"""The simulator's optical array (L1C DN); every simulated task's input is made from it."""
+
+
 def _l1c(data: EvalDataConfig) -> SensorSpec:
-    return get_sensor("s2_l1c", data.stats)
+    return get_sensor(_SIM_INPUT, data.stats)
 
 
 def _water_task(data: EvalDataConfig) -> EvalTask:
@@ -206,13 +226,9 @@ def _water_task(data: EvalDataConfig) -> EvalTask:
             y[cloud] = 2
         return y
 
-    train, test, source = _sim_splits(data)
-    full = list(range(spec.num_channels))
     return EvalTask(
-        name="sen1floods11", kind="segmentation", sensor="s2_l1c", spec=spec, class_names=classes,
-        train=SimulatedTaskDataset(train, spec, full, label, source),
-        test=SimulatedTaskDataset(test, spec, full, label, source),
-        headline="iou_water", source=source,
+        name="sen1floods11", kind="segmentation", sensor=spec.key, spec=spec, class_names=classes,
+        **_sim_datasets(data, spec, list(range(spec.num_channels)), label), headline="iou_water",
         notes=f"simulated: water = majority class water; cloud pixels: {data.cloud}",
     )
 
@@ -232,12 +248,9 @@ def _multilabel_task(data: EvalDataConfig) -> EvalTask:
     def label(arrays: dict[str, np.ndarray], i: int) -> torch.Tensor:
         return torch.from_numpy(np.array(arrays["landcover_presence"][i])).float()
 
-    train, test, source = _sim_splits(data)
     return EvalTask(
-        name="bigearthnet", kind="multilabel", sensor="s2_l2a", spec=l2a, class_names=LAND_COVER_CLASSES,
-        train=SimulatedTaskDataset(train, l2a, index, label, source),
-        test=SimulatedTaskDataset(test, l2a, index, label, source),
-        headline="map_micro", source=source,
+        name="bigearthnet", kind="multilabel", sensor=l2a.key, spec=l2a, class_names=LAND_COVER_CLASSES,
+        **_sim_datasets(data, l2a, index, label), headline="map_micro",
         notes="simulated: 6 land-cover presence labels (>= 1 % of the scene); L2A = L1C without B10",
     )
 
@@ -249,14 +262,12 @@ def _srseg_task(data: EvalDataConfig) -> EvalTask:
     def label(arrays: dict[str, np.ndarray], i: int) -> torch.Tensor:
         return torch.from_numpy(np.array(arrays["landcover_hr"][i])).long()
 
-    train, test, source = _sim_splits(data)
-    scale = train["landcover_hr"].shape[-1] // train["s2_l1c"].shape[-1]
-    full = list(range(spec.num_channels))
+    splits = _sim_datasets(data, spec, list(range(spec.num_channels)), label)
+    arrays = splits["train"].arrays
+    scale = arrays["landcover_hr"].shape[-1] // arrays[_SIM_INPUT].shape[-1]
     return EvalTask(
-        name="srseg", kind="segmentation", sensor="s2_l1c", spec=spec, class_names=LAND_COVER_CLASSES,
-        train=SimulatedTaskDataset(train, spec, full, label, source),
-        test=SimulatedTaskDataset(test, spec, full, label, source),
-        headline="miou", label_scale=scale, source=source,
+        name="srseg", kind="segmentation", sensor=spec.key, spec=spec, class_names=LAND_COVER_CLASSES,
+        **splits, headline="miou", label_scale=scale,
         notes=f"simulated: 6 land-cover classes on a {scale}x finer grid",
     )
 
@@ -266,8 +277,33 @@ register_task("bigearthnet", "simulated", _multilabel_task)
 register_task("srseg", "simulated", _srseg_task)
 
 
+VAL_SPLIT_SEED = 12345
+"""Seed of the permutation that holds out validation samples from a training split (ours; fixed,
+so every seed and every encoder of a table sees the same split)."""
+
+
+def with_validation(task: EvalTask, fraction: float) -> tuple[EvalTask, str]:
+    """``task`` with a validation split, and a line saying where it came from.
+
+    A task with its own ``val`` is returned as is. Otherwise ``fraction`` of the training
+    samples (at least one), drawn with :data:`VAL_SPLIT_SEED`, become the validation split and
+    the rest stay for training; a training split of one sample is used for both (said in the line).
+    """
+    if task.val is not None:
+        return task, "the dataset's validation split"
+    n = len(task.train)
+    if n < 2:
+        return replace(task, val=task.train), "no held-out validation: the training split has 1 sample, reused"
+    n_val = min(max(1, int(round(n * fraction))), n - 1)
+    perm = np.random.default_rng(VAL_SPLIT_SEED).permutation(n)
+    train, val = sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+    return (replace(task, train=Subset(task.train, train), val=Subset(task.train, val)),
+            f"{n_val} of {n} training samples held out (seed {VAL_SPLIT_SEED})")
+
+
 def describe(task: EvalTask) -> dict[str, Any]:
     """Task metadata for ``metrics.json``."""
     return {"name": task.name, "kind": task.kind, "sensor": task.sensor, "classes": list(task.class_names),
             "label_scale": task.label_scale, "headline": task.headline, "source": task.source,
-            "train_samples": len(task.train), "test_samples": len(task.test), "notes": task.notes}
+            "train_samples": len(task.train), "val_samples": None if task.val is None else len(task.val),
+            "test_samples": len(task.test), "notes": task.notes}
