@@ -51,7 +51,8 @@ def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None
         out: demo folder (created; an existing one must not hold an earlier demo's runs).
         steps: pretraining steps per method (default: the recipe's).
         num_samples: simulated scenes (default: the recipe's).
-        eval_steps: head-training steps per downstream task (default 60).
+        eval_steps: head-training steps per downstream task (default: the evaluation's,
+            :class:`s12mae.evaluation.FitConfig`).
     """
     from s12mae.train.loop import pretrain
 
@@ -90,24 +91,32 @@ def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None
         }
         print(f"[{time.perf_counter() - t0:5.1f}s] {method}: {_loss_summary(hist)} in {len(hist)} steps; "
               f"pictures and metrics in {result.run_dir}", flush=True)
-    # Frozen-only Table 2 on simulated tasks (new scenes, separate seeds), one seed: a smoke check.
-    from s12mae.evaluation import EvalDataConfig, HeadConfig, table
-
-    checkpoints = {m: str(out / m / "encoder.safetensors") for m in DEMO_METHODS}
-    checkpoints["random init"] = "random"
-    rows = table(checkpoints, scenarios=("frozen",), seeds=(0,), out_dir=str(out / "table"),
-                 steps=eval_steps if eval_steps is not None else 60, batch_size=32, lr=1e-2,
-                 random_encoder=recipe.model.encoder, head=HeadConfig(decoder=recipe.model.decoder),
-                 data=EvalDataConfig(img_size=recipe.model.img_size, stats=str(stats_path),
-                                     num_train=192, num_test=64), threads=2, progress=False)
-    summary["table"] = str(out / "table" / "table.md")
+    summary["table"] = str(_demo_table(out, recipe, stats_path, eval_steps))
     print(f"[{time.perf_counter() - t0:5.1f}s] frozen-encoder table on simulated tasks "
           f"(a smoke check, not results):\n{(out / 'table' / 'table.md').read_text()}", flush=True)
-    del rows
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"[{summary['seconds']:5.1f}s] done: {out / 'summary.json'}  (smoke check, not results)")
     return summary
+
+
+def _demo_table(out: Path, recipe: PretrainConfig, stats_path: Path, eval_steps: int | None) -> Path:
+    """Frozen-only Table 2 on simulated tasks (new scenes, separate seeds), one seed: a smoke check.
+
+    Rows: the three pretrained encoders, then the ``pixels`` and ``random init`` baselines and
+    the closed-form ridge probe of each; the head protocol is the evaluation's default
+    (standardised features computed once, validation, selection, convergence check).
+    """
+    from s12mae.evaluation import EvalConfig, EvalDataConfig, FitConfig, HeadConfig, TableConfig, table
+
+    fit = FitConfig() if eval_steps is None else FitConfig(steps=eval_steps)
+    run = EvalConfig(random_encoder=recipe.model.encoder, head=HeadConfig(decoder=recipe.model.decoder),
+                     data=EvalDataConfig(img_size=recipe.model.img_size, stats=str(stats_path), num_train=192,
+                                         num_val=64, num_test=64),
+                     fit=fit, threads=2, progress=False)
+    checkpoints = {m: str(out / m / "encoder.safetensors") for m in DEMO_METHODS}
+    table(TableConfig(checkpoints=checkpoints, scenarios=["frozen"], seeds=[0], out_dir=str(out / "table"), run=run))
+    return out / "table" / "table.md"
 
 
 def _loss_summary(history: list[dict[str, object]]) -> str:

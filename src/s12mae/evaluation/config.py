@@ -150,9 +150,10 @@ class FitConfig:
     select: Literal["val_metric", "val_loss", "last"] = "val_metric"
     """Which state is tested: the validation pass with the best headline metric (default), the
     lowest validation loss, or the last step. Never chosen by the test split."""
-    converge_tol: float = 0.05
-    """The run is flagged as not converged when more than this share of the validation loss's
-    fall (from the untrained head to the last pass) came in the last quarter of the run (ours)."""
+    converge_tol: float = 0.2
+    """A run is flagged as not converged when its validation loss fell, per unit of learning rate
+    spent, faster over the second half of the run than this share of its average over the whole
+    run (ours; see :func:`s12mae.evaluation.fitting.convergence`)."""
     cache_gb: float = 4.0
     """Frozen: features are computed once per split and kept in memory (on the device) when all
     splits fit in this many GB; otherwise they are recomputed every step. 0 never caches."""
@@ -167,7 +168,7 @@ class FitConfig:
         _check(0.0 < self.layer_decay <= 1.0, f"fit.layer_decay: must be in (0, 1], got {self.layer_decay}")
         _check(self.select in ("val_metric", "val_loss", "last"),
                f"fit.select: must be 'val_metric', 'val_loss' or 'last', got {self.select!r}")
-        _check(0.0 <= self.converge_tol < 1.0, f"fit.converge_tol: must be in [0, 1), got {self.converge_tol}")
+        _check(self.converge_tol >= 0.0, f"fit.converge_tol: must be >= 0, got {self.converge_tol}")
         _check(self.cache_gb >= 0, f"fit.cache_gb: must be >= 0, got {self.cache_gb}")
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**self.optim)

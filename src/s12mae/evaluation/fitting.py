@@ -10,8 +10,8 @@ The protocol (every value ours where the paper is silent, see :class:`~s12mae.ev
 3. Every ``fit.every`` steps (and before the first) the validation split is scored: loss and
    headline metric. The state that is tested is the one ``fit.select`` picks from these passes,
    never one chosen by the test split.
-4. A run whose validation loss made more than ``fit.converge_tol`` of its whole fall in the
-   last quarter of the run is flagged: a warning on screen and in ``metrics.json``.
+4. A run whose validation loss still fell fast at the end, per unit of learning rate spent
+   (:func:`convergence`), is flagged: a warning on screen and in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class FitResult:
         selected: the validation record of the state left in the model (the tested one).
         converged: False when the validation loss still fell at the end (see :func:`convergence`).
         warning: the message when not converged, else ``None``.
-        late_fall: share of the validation loss's fall that came in the last quarter.
+        late_rate: fall of the validation loss per unit learning rate over the second half of
+            the run, relative to the whole run's (see :func:`convergence`).
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -69,7 +70,7 @@ class FitResult:
     selected: dict[str, float] = field(default_factory=dict)
     converged: bool = True
     warning: str | None = None
-    late_fall: float = 0.0
+    late_rate: float = 0.0
 
 
 def _layer_id(name: str, depth: int) -> int:
@@ -174,34 +175,47 @@ def _train_batches(cfg: EvalConfig, task: EvalTask, split: Split, device: torch.
         yield split.cached.batch(torch.from_numpy(order.global_batch(step)).to(device))
 
 
-def convergence(val: list[dict[str, float]], steps: int, tol: float, warmup: int = 0) -> tuple[bool, str | None, float]:
-    """Whether the validation loss had stopped falling by the end of the run.
+def convergence(val: list[dict[str, float]], history: list[dict[str, float]], tol: float,
+                warmup: int = 0) -> tuple[bool, str | None, float]:
+    """Whether the validation loss had stopped falling by the end of the run (ours).
 
-    ``fall`` = how much the validation loss fell between the pass closest to three quarters of
-    the run and the last pass, as a share of its whole fall since the untrained head (step 0).
-    More than ``tol`` means the head was still learning when the schedule ended, so a longer
-    run would report a different number (ours). A share, not an absolute drop, so that a run
-    whose learning rate is too small to move much is still caught. A run that ends within its
-    warmup is flagged whatever its curve: its learning rate never reached its peak.
+    Under a decaying schedule every curve flattens at the end because the learning rate goes to
+    zero, so the fall is measured per unit of learning rate spent: ``rate`` = the validation
+    loss's fall over the second half of the run divided by the learning rate summed over those
+    steps, relative to the same ratio over the whole run (from the untrained head at step 0).
+    About 1 means the loss fell as fast per unit learning rate at the end as on average: the
+    head was still learning when the schedule stopped it. More than ``tol`` is flagged; so is a
+    run that ends within its warmup.
+
+    Args:
+        val: validation passes (``step``, ``loss``), the first at step 0.
+        history: per-step records with ``step`` (1-based) and ``lr``.
+        tol: largest ``rate`` accepted as converged.
+        warmup: warmup steps of the schedule.
 
     Returns:
-        ``(converged, warning or None, fall)``.
+        ``(converged, warning or None, rate)``.
     """
+    steps = len(history)
     if steps <= warmup:
         return False, (f"the run ended within its learning-rate warmup ({steps} steps, warmup {warmup}); the head "
                        "has not converged: train longer (fit.steps)"), 1.0
     if len(val) < 2:
         return True, None, 0.0
     first, last = val[0], val[-1]
-    ref = min(val[:-1], key=lambda r: abs(r["step"] - 0.75 * steps))
-    late = ref["loss"] - last["loss"]
-    fall = late / max(first["loss"] - last["loss"], 1e-12) if late > 0 else 0.0
-    if late <= 1e-6 * abs(ref["loss"]) or fall <= tol:
-        return True, None, fall
-    return False, (f"validation loss still falling at the end: {ref['loss']:.4f} at step {int(ref['step'])} -> "
-                   f"{last['loss']:.4f} at step {int(last['step'])}, {100 * min(fall, 1.0):.0f}% of its fall since "
-                   f"step 0 (tolerance {100 * tol:.0f}%); the head has not converged: train longer (fit.steps) or "
-                   "raise fit.optim.lr"), fall
+    mid = min(val[:-1], key=lambda r: abs(r["step"] - 0.5 * steps))
+    spent = lambda a, b: sum(r["lr"] for r in history if a < r["step"] <= b)  # noqa: E731
+    late = (mid["loss"] - last["loss"]) / max(spent(mid["step"], last["step"]), 1e-30)
+    overall = (first["loss"] - last["loss"]) / max(spent(first["step"], last["step"]), 1e-30)
+    if late <= 0:
+        return True, None, 0.0
+    rate = late / overall if overall > 0 else float("inf")
+    if rate <= tol:
+        return True, None, rate
+    return False, (f"validation loss still falling at the end: {mid['loss']:.4f} at step {int(mid['step'])} -> "
+                   f"{last['loss']:.4f} at step {int(last['step'])}, per unit learning rate {rate:.2f}x its average "
+                   f"fall over the run (tolerance {tol:.2f}); the head has not converged: train longer (fit.steps) or "
+                   "raise fit.optim.lr"), rate
 
 
 def _better(cfg: EvalConfig, new: dict[str, float], best: dict[str, float] | None) -> bool:
@@ -272,5 +286,6 @@ def fit(cfg: EvalConfig, task: EvalTask, model: EvalModel, train: Split, val: Sp
     bar.close()
     if best_state is not None:
         keep.load_state_dict(best_state)
-    out.converged, out.warning, out.late_fall = convergence(out.val, fc.steps, fc.converge_tol, fc.optim.warmup_steps)
+    out.converged, out.warning, out.late_rate = convergence(out.val, out.history, fc.converge_tol,
+                                                            fc.optim.warmup_steps)
     return out

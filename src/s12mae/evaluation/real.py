@@ -4,12 +4,14 @@ Both read their original layouts through :mod:`s12mae.readers`:
 
 * ``sen1floods11``: hand-labelled chips (``S2Hand``, ``LabelHand``); S2 L1C, 13 bands; labels
   -1 (ignored), 0 land, 1 water; S2 nodata pixels are ignored too. Splits from the dataset's
-  ``flood_{train,test}_data.csv`` when present anywhere under ``data.path``, else every chip
-  is in both splits (a smoke check, said in the task notes).
+  ``flood_{train,valid,test}_data.csv`` when present anywhere under ``data.path`` (without the
+  ``valid`` list, part of train is held out for validation), else every chip is in both splits
+  (a smoke check, said in the task notes).
 * ``bigearthnet``: v1 (a folder per patch) or v2 / reBEN (``metadata.parquet`` with ``split``);
   S2 L2A, 12 bands (the encoder's B10 is filled, see ``data.missing_bands``), 19 classes.
-  v1 has no split column: every patch is in both splits unless ``data.path`` holds the
-  official ``train.csv`` / ``test.csv`` patch lists.
+  v2 uses its ``validation`` split for validation. v1 has no split column: every patch is in
+  both splits unless ``data.path`` holds the official ``train.csv`` / ``test.csv`` (and
+  ``val.csv``) patch lists.
 
 Inputs are standardised with ``data.stats`` (or the shipped statistics); nodata pixels become 0.
 """
@@ -70,13 +72,25 @@ def _split_lists(root: Path, names: tuple[str, str]) -> tuple[set[str], set[str]
     return lists[0], lists[1]
 
 
-def _positions(ids: list[str], splits: tuple[set[str], set[str]] | None, match: Callable[[str, set[str]], bool]):
+def _val_list(root: Path, name: str) -> set[str] | None:
+    """Ids of an optional validation list (first CSV column) found under ``root``."""
+    found = next(iter(sorted(root.rglob(name))), None)
+    if found is None:
+        return None
+    with open(found, newline="") as f:
+        return {Path(row[0]).name for row in csv.reader(f) if row}
+
+
+def _positions(ids: list[str], splits: tuple[set[str], set[str]] | None, match: Callable[[str, set[str]], bool],
+               val: set[str] | None = None):
+    """Train, test and validation positions (validation ``None`` without a list) and a note."""
     if splits is None:
         every = list(range(len(ids)))
-        return every, every, "no split files found: every sample is in both splits (a smoke check, not a result)"
+        return every, every, None, "no split files found: every sample is in both splits (a smoke check, not a result)"
     train = [i for i, s in enumerate(ids) if match(s, splits[0])]
     test = [i for i, s in enumerate(ids) if match(s, splits[1])]
-    return train, test, "official split files"
+    valid = None if val is None else [i for i, s in enumerate(ids) if match(s, val)]
+    return train, test, valid, "official split files"
 
 
 def _require_path(data: EvalDataConfig, task: str) -> Path:
@@ -93,16 +107,18 @@ def _sen1floods11(data: EvalDataConfig) -> EvalTask:
     spec = get_sensor("s2_l1c", data.stats)
     ids = [item.id for item in reader.items()]
     splits = _split_lists(root, ("flood_train_data.csv", "flood_test_data.csv"))
-    train, test, how = _positions(ids, splits, lambda sid, names: any(sid.split("/")[-1] in n for n in names))
+    train, test, val, how = _positions(ids, splits, lambda sid, names: any(sid.split("/")[-1] in n for n in names),
+                                       _val_list(root, "flood_valid_data.csv"))
 
     def label(sample: dict[str, Any]) -> torch.Tensor:
         y = torch.from_numpy(np.asarray(sample["label.water"]).astype(np.int64))
         ok = torch.from_numpy(np.asarray(sample["valid.s2_l1c"]).all(0))
         return torch.where(ok, y, -1)
 
-    return EvalTask("sen1floods11", "segmentation", "s2_l1c", spec, ("background", "water"),
+    return EvalTask("sen1floods11", "segmentation", spec.key, spec, ("background", "water"),
                     ReaderTaskDataset(reader, train, spec, label), ReaderTaskDataset(reader, test, spec, label),
-                    "iou_water", source=str(root), notes=f"Sen1Floods11 hand labels, S2 only; {how}")
+                    "iou_water", source=str(root), notes=f"Sen1Floods11 hand labels, S2 only; {how}",
+                    val=None if val is None else ReaderTaskDataset(reader, val, spec, label))
 
 
 def _bigearthnet(data: EvalDataConfig) -> EvalTask:
@@ -118,17 +134,20 @@ def _bigearthnet(data: EvalDataConfig) -> EvalTask:
     if (root / "metadata.parquet").is_file():
         train_r = BigEarthNetV2Reader(root, split="train", sensors=["s2_l2a", "label.multilabel"])
         test_r = BigEarthNetV2Reader(root, split="test", sensors=["s2_l2a", "label.multilabel"])
+        val_r = BigEarthNetV2Reader(root, split="validation", sensors=["s2_l2a", "label.multilabel"])
         train = ReaderTaskDataset(train_r, range(len(train_r)), spec, label)
         test = ReaderTaskDataset(test_r, range(len(test_r)), spec, label)
+        val = ReaderTaskDataset(val_r, range(len(val_r)), spec, label) if len(val_r) else None
         how = "reBEN split column"
     else:
         reader = BigEarthNetV1Reader(root, sensors=["s2_l2a", "label.multilabel"])
         ids = [item.id for item in reader.items()]
         splits = _split_lists(root, ("train.csv", "test.csv"))
-        tr, te, how = _positions(ids, splits, lambda sid, n: sid.split("/")[-1] in n)
+        tr, te, va, how = _positions(ids, splits, lambda sid, n: sid.split("/")[-1] in n, _val_list(root, "val.csv"))
         train, test = ReaderTaskDataset(reader, tr, spec, label), ReaderTaskDataset(reader, te, spec, label)
-    return EvalTask("bigearthnet", "multilabel", "s2_l2a", spec, classes, train, test, "map_micro",
-                    source=str(root), notes=f"BigEarthNet S2 L2A, 19 classes; {how}")
+        val = None if va is None else ReaderTaskDataset(reader, va, spec, label)
+    return EvalTask("bigearthnet", "multilabel", spec.key, spec, classes, train, test, "map_micro",
+                    source=str(root), notes=f"BigEarthNet S2 L2A, 19 classes; {how}", val=val)
 
 
 register_task("sen1floods11", "real", _sen1floods11)

@@ -180,7 +180,7 @@ def _training_record(cfg: EvalConfig, fitted: FitResult, val_how: str, cached: b
         "val_loss": [[r["step"], r["loss"]] for r in fitted.val],
         "val_metric": [[r["step"], r["metric"]] for r in fitted.val],
         "selected": {"by": cfg.fit.select, **fitted.selected}, "validation": val_how,
-        "converged": fitted.converged, "late_fall": round(fitted.late_fall, 4), "features_cached": cached,
+        "converged": fitted.converged, "late_rate": round(fitted.late_rate, 4), "features_cached": cached,
     }
 
 
