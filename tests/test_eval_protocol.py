@@ -28,6 +28,7 @@ from s12mae.evaluation import (
 )
 from s12mae.config import OptimConfig
 from s12mae.evaluation.fitting import score
+from s12mae.evaluation.heads import LinearSegHead
 from s12mae.train.optim import lr_at
 from s12mae.evaluation.probes import ridge_path
 from s12mae.models.patches import patchify
@@ -119,7 +120,7 @@ def test_the_tested_state_is_the_best_validation_pass_and_is_restored(tmp_path):
         model = build_model(cfg, task)
         splits = prepare_splits(cfg, task, model, torch.device("cpu"))
         out = fit(cfg, task, model, splits["train"], splits["val"])
-        assert [r["step"] for r in out.val] == [0, 5, 10, 15, 20, 25, 30]
+        assert [r["step"] for r in out.val] == [0, 5, 10, 15, 20, 25, 30]  # val_every=5
         assert out.selected == pick(out.val[1:]), select  # never the untrained head at step 0
         loss, metrics = score(task, model, splits["val"], 64, torch.device("cpu"), nullcontext())
         assert loss == pytest.approx(out.selected["loss"], rel=1e-5)  # the selected state is the model's now
@@ -137,6 +138,18 @@ def test_finetuning_gives_the_encoder_a_lower_rate_than_the_head_with_layer_deca
         assert scale[f"encoder.blocks.{i}.mlp.fc1.weight"] == pytest.approx(0.1 * 0.5 ** (depth - i))
     assert scale["encoder.patch_embed.s2_l1c.proj.weight"] == pytest.approx(0.1 * 0.5 ** (depth + 1))
     assert FitConfig().encoder_lr_scale < 1 and FitConfig().optim.warmup_steps > 0  # the defaults do this
+
+
+def test_linear_head_logits_of_sampled_patches_are_those_of_the_full_prediction():
+    torch.manual_seed(0)
+    head = LinearSegHead(16, 8, 3)
+    head.norm.fit([torch.randn(4, 1 + 6, 16)])
+    tokens = torch.randn(2, 1 + 6, 16)
+    full = head.predict(tokens, (2, 3))  # (2, 3, 16, 24)
+    index = torch.tensor([4, 0, 5])
+    part = head.predict_tokens(tokens, index)  # (2, 3 tokens, 64 pixels, 3 classes)
+    patches = full.view(2, 3, 2, 8, 3, 8).permute(0, 2, 4, 3, 5, 1).reshape(2, 6, 64, 3)  # token, pixel r*8+c
+    assert torch.allclose(part, patches[:, index], atol=1e-5)
 
 
 def test_ridge_path_matches_direct_solutions():

@@ -173,7 +173,7 @@ def test_layer_wise_decay_gives_per_block_learning_rates(ckpt):
     assert wd["encoder.blocks.0.attn.qkv.weight"] == 0.05 and wd["encoder.cls_token"] == wd["head.fc.bias"] == 0.0
 
 
-@pytest.mark.parametrize("seg", ["vitlite", "upsample"])
+@pytest.mark.parametrize("seg", ["vitlite", "linear", "upsample"])
 def test_super_resolution_head_predicts_at_4x_the_input(ckpt, seg):
     cfg = _cfg(ckpt, task="srseg", head=HeadConfig(segmentation=seg, decoder="vitlite_128d2b"))
     task = build_task(cfg.task, cfg.data)

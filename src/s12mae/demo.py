@@ -103,14 +103,15 @@ def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None
 def _demo_table(out: Path, recipe: PretrainConfig, stats_path: Path, eval_steps: int | None) -> Path:
     """Frozen-only Table 2 on simulated tasks (new scenes, separate seeds), one seed: a smoke check.
 
-    Rows: the three pretrained encoders, then the ``pixels`` and ``random init`` baselines and
-    the closed-form ridge probe of each; the head protocol is the evaluation's default
-    (standardised features computed once, validation, selection, convergence check).
+    Rows: the three pretrained encoders, then the ``pixels`` and ``random init`` baselines, and
+    the closed-form ridge probe of each; the heads and their training are the evaluation's
+    defaults (linear heads on standardised features computed once, validation, selection,
+    convergence check).
     """
     from s12mae.evaluation import EvalConfig, EvalDataConfig, FitConfig, HeadConfig, TableConfig, table
 
     fit = FitConfig() if eval_steps is None else FitConfig(steps=eval_steps)
-    run = EvalConfig(random_encoder=recipe.model.encoder, head=HeadConfig(decoder=recipe.model.decoder),
+    run = EvalConfig(random_encoder=recipe.model.encoder, head=HeadConfig(),
                      data=EvalDataConfig(img_size=recipe.model.img_size, stats=str(stats_path), num_train=192,
                                          num_val=64, num_test=64),
                      fit=fit, threads=2, progress=False)

@@ -24,7 +24,7 @@ from s12mae.models.patches import unpatchify
 from s12mae.models.vit import ViTEncoder
 from s12mae.sensors import SensorSpec, get_sensor
 
-__all__ = ["EvalModel", "InputAdapter", "LinearProbe", "UpsampleSegHead", "ViTLiteSegHead", "build_head",
+__all__ = ["EvalModel", "InputAdapter", "LinearProbe", "LinearSegHead", "UpsampleSegHead", "ViTLiteSegHead", "build_head",
            "plan_input"]
 
 
@@ -99,6 +99,39 @@ class ViTLiteSegHead(_TokenHead):
         return unpatchify(out, self.patch_out, grid, self.num_classes)
 
 
+class LinearSegHead(_TokenHead):
+    """Per-token linear segmentation head (ours): each standardised patch token maps linearly to
+    the ``p_out * p_out * K`` logits of its own output patch (a linear probe for dense tasks; the
+    model class of the closed-form ridge probe, trained with cross-entropy).
+
+    ``(N, 1 + L, D) -> (N, K, gh * p_out, gw * p_out)``. It reads only the token of each patch,
+    so it measures what the features hold; a ViT-Lite head also learns context of its own.
+    """
+
+    def __init__(self, in_dim: int, patch_out: int, num_classes: int, standardize: bool = True) -> None:
+        super().__init__()
+        self.patch_out, self.num_classes = patch_out, num_classes
+        self.norm = Standardize(in_dim, tokens=True) if standardize else nn.Identity()
+        self.fc = nn.Linear(in_dim, patch_out * patch_out * num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def predict(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        out = self.fc(self.norm(tokens)[:, 1:])  # (N, L, p_out * p_out * K)
+        return unpatchify(out, self.patch_out, grid, self.num_classes)
+
+    def predict_tokens(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Logits of the output patches of some tokens only: ``(N, 1 + L, D) -> (N, T, p_out * p_out, K)``.
+
+        Args:
+            tokens: head input.
+            index: ``(T,)`` patch-token positions (0-based, class token excluded).
+        """
+        chosen = self.norm(tokens)[:, 1:][:, index]  # (N, T, D)
+        out = self.fc(chosen)  # (N, T, p_out * p_out * K)
+        return out.view(*out.shape[:2], self.patch_out * self.patch_out, self.num_classes)
+
+
 class UpsampleSegHead(_TokenHead):
     """1x1 convolution on the token feature map + bilinear upsampling (a linear dense probe).
 
@@ -126,6 +159,8 @@ def build_head(kind: str, cfg: HeadConfig, encoder: nn.Module, grid: tuple[int, 
     patch_out = encoder.patch_size * label_scale
     if cfg.segmentation == "vitlite":
         return ViTLiteSegHead(cfg.decoder, encoder.embed_dim, grid, patch_out, num_classes, cfg.standardize)
+    if cfg.segmentation == "linear":
+        return LinearSegHead(encoder.embed_dim, patch_out, num_classes, cfg.standardize)
     return UpsampleSegHead(encoder.embed_dim, num_classes, patch_out, cfg.standardize)
 
 

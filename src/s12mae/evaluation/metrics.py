@@ -15,14 +15,28 @@ from collections.abc import Sequence
 import torch
 from torchmetrics.classification import MultilabelAveragePrecision
 
-__all__ = ["MultilabelMeter", "SegmentationMeter", "confusion_matrix", "iou_from_confusion"]
+__all__ = ["MultilabelMeter", "SegmentationMeter", "argmax_classes", "confusion_matrix", "iou_from_confusion"]
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = -1) -> torch.Tensor:
     """``(K, K)`` int64 counts, rows = true class, columns = predicted; ``ignore_index`` skipped."""
-    keep = target != ignore_index
-    t, p = target[keep].long(), pred[keep].long()
-    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+    k = num_classes
+    cell = torch.where(target != ignore_index, target.long() * k + pred.long(), k * k)  # ignored -> a spare bin
+    return torch.bincount(cell.flatten(), minlength=k * k + 1)[: k * k].reshape(k, k).cpu()
+
+
+def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, K, ...) -> (N, ...)`` index of the largest logit (the first on ties), as ``argmax(1)``.
+
+    One pass per class over contiguous planes: ``argmax`` over a short strided dimension is an
+    order of magnitude slower on CPU for 4x super-resolution maps.
+    """
+    best, pred = logits[:, 0], torch.zeros(logits[:, 0].shape, dtype=torch.long, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best
+        best = torch.where(better, logits[:, c], best)
+        pred = torch.where(better, c, pred)
+    return pred
 
 
 def iou_from_confusion(cm: torch.Tensor) -> list[float]:
@@ -44,7 +58,7 @@ class SegmentationMeter:
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """``logits (N, K, H, W)``, ``labels (N, H, W)``."""
-        self.cm += confusion_matrix(logits.argmax(1), labels, len(self.class_names), self.ignore_index)
+        self.cm += confusion_matrix(argmax_classes(logits), labels, len(self.class_names), self.ignore_index)
 
     def compute(self) -> dict[str, float]:
         """``iou_<class>`` per class, ``miou`` (mean over classes present), ``accuracy``, ``pixels``."""

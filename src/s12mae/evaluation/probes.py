@@ -49,15 +49,15 @@ def _patch_out(task: EvalTask, model: EvalModel) -> int:
 
 
 def _targets(task: EvalTask, model: EvalModel, labels: torch.Tensor) -> torch.Tensor:
-    """Labels -> regression targets ``(M, outputs)`` in float64, rows as :func:`_design`'s."""
+    """Labels -> regression targets ``(M, outputs)`` in float32, rows as :func:`_design`'s."""
     if task.kind == "multilabel":
-        return labels.double()
+        return labels.float()
     p = _patch_out(task, model)
     gh, gw = model.grid
     if tuple(labels.shape[-2:]) != (gh * p, gw * p):  # labels on another grid than the head's output
         labels = F.interpolate(labels[:, None].float(), size=(gh * p, gw * p), mode="nearest")[:, 0].long()
     k = task.num_classes
-    onehot = F.one_hot(labels.clamp_min(0), k).double()  # (N, H, W, K)
+    onehot = F.one_hot(labels.clamp_min(0), k).float()  # (N, H, W, K)
     onehot[labels == task.ignore_index] = 1.0 / k
     return patchify(onehot.permute(0, 3, 1, 2), p).reshape(-1, p * p * k)  # (N * L, p * p * K)
 
@@ -80,9 +80,10 @@ def _moments(task: EvalTask, model: EvalModel, split: CachedSplit) -> tuple[torc
     squares, rows = 0.0, 0
     for feats, labels in split.batches(_CHUNK):
         x, y = _design(model, feats), _targets(task, model, labels)
+        xty = (x.float().T @ y).double()  # float32 products, float64 sums: the targets dominate the cost
         gram = x.T @ x if gram is None else gram + x.T @ x
-        cross = x.T @ y if cross is None else cross + x.T @ y
-        squares += float((y * y).sum())
+        cross = xty if cross is None else cross + xty
+        squares += float((y.double() * y).sum())
         rows += len(x)
     assert gram is not None and cross is not None, "empty split"
     return gram, cross, squares, rows
