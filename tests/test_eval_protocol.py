@@ -10,6 +10,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
+from s12mae.config import OptimConfig
 from s12mae.evaluation import (
     EvalConfig,
     EvalDataConfig,
@@ -26,20 +27,19 @@ from s12mae.evaluation import (
     run_evaluation,
     with_validation,
 )
-from s12mae.config import OptimConfig
 from s12mae.evaluation.fitting import score
 from s12mae.evaluation.heads import LinearSegHead
-from s12mae.train.optim import lr_at
 from s12mae.evaluation.probes import ridge_path
 from s12mae.models.patches import patchify
+from s12mae.train.optim import lr_at
 
 HEAD = HeadConfig(decoder="vitlite_128d2b")
 DATA = EvalDataConfig(img_size=32, num_train=48, num_val=16, num_test=16)
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(task="sen1floods11", checkpoint="random", random_encoder="vit_nano_patch8", head=HEAD, data=DATA,
-                out_dir=str(tmp_path), progress=False, num_plot=0, device="cpu", threads=1)
+    base = {"task": "sen1floods11", "checkpoint": "random", "random_encoder": "vit_nano_patch8", "head": HEAD,
+            "data": DATA, "out_dir": str(tmp_path), "progress": False, "num_plot": 0, "device": "cpu", "threads": 1}
     return EvalConfig(**{**base, **kw})
 
 
@@ -110,8 +110,8 @@ def test_tasks_without_a_validation_split_hold_out_part_of_train(tmp_path):
 
 def test_the_tested_state_is_the_best_validation_pass_and_is_restored(tmp_path):
     torch.set_num_threads(1)
-    for select, pick in (("val_loss", lambda rs: min(rs, key=lambda r: r["loss"])),
-                         ("val_metric", lambda rs: max(rs, key=lambda r: (r["metric"], -r["loss"]))),
+    by_loss, by_metric = (lambda r: r["loss"]), (lambda r: (r["metric"], -r["loss"]))
+    for select, pick in (("val_loss", lambda rs: min(rs, key=by_loss)), ("val_metric", lambda rs: max(rs, key=by_metric)),
                          ("last", lambda rs: rs[-1])):
         cfg = _cfg(tmp_path, fit=FitConfig(steps=30, val_every=5, select=select, batch_size=8,
                                            optim={"name": "adamw", "lr": 3e-2, "warmup_steps": 2}),

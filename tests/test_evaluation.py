@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import shared
 from torch.utils.data import Dataset
 
-from conftest import shared
 from s12mae.evaluation import (
     EvalConfig,
     EvalDataConfig,
@@ -22,6 +22,7 @@ from s12mae.evaluation import (
     HeadConfig,
     MultilabelMeter,
     SegmentationMeter,
+    TableConfig,
     build_model,
     build_task,
     confusion_matrix,
@@ -32,7 +33,6 @@ from s12mae.evaluation import (
     register_task,
     run_evaluation,
     table,
-    TableConfig,
     with_validation,
 )
 from s12mae.evaluation.fitting import fit

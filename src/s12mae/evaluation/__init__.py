@@ -9,6 +9,7 @@
 How a head is trained, validated, selected and checked for convergence: :mod:`.fitting`.
 """
 
+from s12mae.evaluation import real as _real  # noqa: F401  (registers the real-data tasks)
 from s12mae.evaluation.config import (
     BASELINES,
     SCENARIOS,
@@ -26,7 +27,6 @@ from s12mae.evaluation.probes import ridge_probe
 from s12mae.evaluation.runner import build_model, evaluate, prepare_splits, run_evaluation
 from s12mae.evaluation.table import format_table, table
 from s12mae.evaluation.tasks import TASKS, EvalTask, build_task, register_task, with_validation
-from s12mae.evaluation import real as _real  # noqa: F401  (registers the real-data tasks)
 
 __all__ = [
     "BASELINES",

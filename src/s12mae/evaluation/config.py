@@ -119,7 +119,7 @@ class EvalDataConfig:
 
 
 def _default_optim() -> OptimConfig:
-    return OptimConfig(name="adamw", lr=3e-2, warmup_steps=100, weight_decay=0.05, betas=(0.9, 0.999))
+    return OptimConfig(name="adamw", lr=1e-2, warmup_steps=100, weight_decay=0.05, betas=(0.9, 0.999))
 
 
 def _int_at_least(value: Any, low: int) -> bool:
@@ -141,7 +141,7 @@ class FitConfig:
     """Samples per step (ours; a segmentation sample holds thousands of labelled pixels)."""
     optim: OptimConfig = field(default_factory=_default_optim)
     """Optimizer and warmup + cosine schedule; ``lr`` is the head's peak learning rate (ours:
-    AdamW, lr 3e-2 for the linear heads on standardised features, 100 warmup steps)."""
+    AdamW, lr 1e-2 for the linear heads on standardised features, 100 warmup steps)."""
     encoder_lr_scale: float = 0.1
     """Finetune: the encoder's learning rate is the head's times this (ours), then decayed per
     block by ``layer_decay``; a pretrained encoder needs smaller steps than a new head."""

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -169,8 +169,3 @@ def encode_split(model: Any, dataset: Dataset, task: Any, split: str, batch_size
         y = batch["label"]
         labels.append(y.to(torch.int16) if task.kind == "segmentation" else y.float())
     return CachedSplit(torch.cat(feats), torch.cat(labels).to(device))
-
-
-def split_sizes(splits: Mapping[str, Dataset]) -> dict[str, int]:
-    """Samples per split, for ``metrics.json``."""
-    return {name: len(ds) for name, ds in splits.items()}

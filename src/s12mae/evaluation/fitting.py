@@ -229,7 +229,7 @@ def convergence(val: list[dict[str, float]], history: list[dict[str, float]], to
         return True, None, 0.0
     first, last = val[0], val[-1]
     mid = min(val[:-1], key=lambda r: abs(r["step"] - 0.5 * steps))
-    spent = lambda a, b: sum(r["lr"] for r in history if a < r["step"] <= b)  # noqa: E731
+    spent = lambda a, b: sum(r["lr"] for r in history if a < r["step"] <= b)
     late = (mid["loss"] - last["loss"]) / max(spent(mid["step"], last["step"]), 1e-30)
     overall = (first["loss"] - last["loss"]) / max(spent(first["step"], last["step"]), 1e-30)
     if late <= 0:

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.colors import ListedColormap
 
-from s12mae.evaluation.tasks import EvalTask  # noqa: E402
-from s12mae.viz import save_figure  # noqa: E402
+from s12mae.evaluation.tasks import EvalTask
+from s12mae.viz import save_figure
 
 __all__ = ["plot_curves", "plot_predictions"]
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from s12mae.evaluation.config import EvalConfig
 from s12mae.evaluation.features import PixelEncoder, encode_split, feature_bytes
-from s12mae.evaluation.fitting import FitResult, Split, fit, param_groups, score  # noqa: F401 (param_groups re-exported)
+from s12mae.evaluation.fitting import FitResult, Split, fit, param_groups, score
 from s12mae.evaluation.heads import EvalModel, InputAdapter, build_head, plan_input
 from s12mae.evaluation.tasks import EvalTask, build_task, describe, with_validation
 from s12mae.files import atomic_write
@@ -223,7 +223,7 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
         ridge = ridge_probe(task, model, splits["train"].cached, splits["val"].cached, splits["test"].cached)
 
     plan = model.adapter.plan
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     warnings = [f"{task.name} {cfg.scenario} {cfg.checkpoint}: {fitted.warning}"] if fitted.warning else []
     result = {
         "headline": {"name": task.headline, "value": metrics[task.headline]},

@@ -168,7 +168,7 @@ def _sim_datasets(data: EvalDataConfig, spec: SensorSpec, band_index: list[int],
                   label_fn: Callable[[Arrays, int], torch.Tensor]) -> dict[str, Any]:
     """``train``, ``val`` (``None`` for a folder) and ``test`` datasets and the ``source`` line."""
     train, val, test, source = _sim_splits(data)
-    make = lambda arrays: SimulatedTaskDataset(arrays, spec, band_index, label_fn, source)  # noqa: E731
+    make = lambda arrays: SimulatedTaskDataset(arrays, spec, band_index, label_fn, source)
     return {"train": make(train), "val": None if val is None else make(val), "test": make(test), "source": source}
 
 
