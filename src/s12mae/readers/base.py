@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 BASELINE_04_DATE = datetime(2022, 1, 25, tzinfo=UTC)
 """First day of Sentinel-2 processing baseline 04.00, which adds +1000 DN to L1C and L2A."""
 BASELINE_OFFSET_DN = 1000
-# Sensors whose files carry the baseline-04.00 offset (the S2 products).
-OFFSET_SENSORS = frozenset({"s2_l1c", "s2_l2a"})
 _OFFSET_KEYS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
 _BASELINE_KEYS = ("PROCESSING_BASELINE", "S2:PROCESSING_BASELINE")
 _PRODUCT_KEYS = ("PRODUCT_ID", "TILE_SOURCE", "S2:PRODUCT_URI")
@@ -532,7 +530,7 @@ class RasterReader:
         )
         valid = np.isfinite(out)
         offset = None
-        if layer.sensor in OFFSET_SENSORS:
+        if spec.baseline_offset:
             decided = [
                 (self.s2_offset, "override")
                 if self.s2_offset is not None
