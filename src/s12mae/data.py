@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from s12mae.inputs import NodataPolicy, model_inputs
 from s12mae.sensors import SensorSpec, get_sensor
+from s12mae.simulate import load_simulated
 
 __all__ = ["ArrayDataset", "StepOrder", "available_rows", "load_arrays", "task_loader"]
 
@@ -32,7 +32,7 @@ class ArrayDataset(Dataset):
         sensors: specs of the sensor keys to serve (others in ``arrays`` are served as-is only if
             listed in ``extra_keys``).
         nodata: ``error`` raises on nodata/non-finite values naming the sample; ``mask`` fills
-            them with 0 and adds ``valid.<sensor>``.
+            them with 0 and adds ``valid.<sensor>`` (see :func:`s12mae.inputs.model_inputs`).
         extra_keys: non-sensor arrays to include (labels).
         source: name of the data source for error messages.
         indices: the rows of ``arrays`` this dataset serves (default: all); ``"index"`` stays the
@@ -43,7 +43,7 @@ class ArrayDataset(Dataset):
         self,
         arrays: dict[str, np.ndarray],
         sensors: Sequence[SensorSpec],
-        nodata: Literal["error", "mask"] = "error",
+        nodata: NodataPolicy = "error",
         extra_keys: Sequence[str] = (),
         source: str = "dataset",
         indices: Sequence[int] | np.ndarray | None = None,
@@ -76,17 +76,10 @@ class ArrayDataset(Dataset):
         index = int(self.indices[position])
         sample: dict[str, torch.Tensor] = {"index": torch.tensor(index, dtype=torch.int64)}
         for spec in self.sensors:
-            x = spec.normalize(spec.to_units(torch.from_numpy(np.array(self.arrays[spec.key][index]))))
-            ok = torch.isfinite(x)
-            if self.nodata == "error" and not bool(ok.all()):
-                bad = int((~ok).sum())
-                raise ValueError(
-                    f"{self.source}: sample {index} has {bad} nodata/non-finite value(s) in {spec.key}; "
-                    "set data.nodata=mask to leave them out of the loss"
-                )
+            raw = torch.from_numpy(np.array(self.arrays[spec.key][index]))
+            x, ok = model_inputs(spec, raw, nodata=self.nodata, where=f"{self.source}: sample {index}")
             if self.nodata == "mask":
                 sample[f"valid.{spec.key}"] = ok
-                x = torch.where(ok, x, 0.0)
             sample[spec.key] = x
         for key in self.extra_keys:
             sample[key] = torch.from_numpy(np.array(self.arrays[key][index]))
@@ -110,8 +103,6 @@ def available_rows(arrays: dict[str, np.ndarray], sensors: Sequence[str]) -> np.
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Memory-map a dataset folder written by ``s12mae simulate``."""
-    from s12mae.simulate import load_simulated
-
     arrays, _ = load_simulated(path)
     return arrays
 
