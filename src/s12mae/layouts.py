@@ -76,7 +76,7 @@ class _KeepKeys(Sequence):
 
 def _simulated(data: Path, sensors: list[str] | None, skip_bad: bool) -> Sequence[dict[str, Any]]:
     """A ``s12mae simulate`` folder (``s2_l1c``, ``s1_grd`` where simulated, labels)."""
-    from s12mae.shards import simulated_samples
+    from s12mae.simulate import simulated_samples
 
     samples = simulated_samples(data)
     return samples if sensors is None else _KeepKeys(samples, sensors)

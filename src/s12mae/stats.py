@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from s12mae.data import load_arrays
 from s12mae.sensors import SensorSpec, get_sensor, list_sensors, write_stats
+from s12mae.shards import is_shard_set, read_manifest, read_samples
 
 __all__ = ["BandAccumulator", "band_statistics", "compute_stats_file"]
 
@@ -132,8 +134,6 @@ def _stream_statistics(samples: Iterable[Mapping[str, Any]], keys: Sequence[str]
 
 
 def _shard_set_statistics(data: Path, keys: Sequence[str] | None) -> dict[str, dict[str, dict[str, float]]]:
-    from s12mae.shards import read_manifest, read_samples
-
     have = list(read_manifest(data)["sensors"])
     missing = [k for k in keys or [] if k not in have]
     if missing:
@@ -157,11 +157,9 @@ def compute_stats_file(data: str | Path, out: str | Path, sensors: Sequence[str]
         ``{sensor: {"source", "bands": {band: {"mean", "std", "count", "p1", ...}}}}``.
     """
     path = Path(data)
-    if layout is None and (path / "shards.json").is_file():
+    if layout is None and is_shard_set(path):
         stats = _shard_set_statistics(path, sensors)
     elif layout in (None, "simulated"):
-        from s12mae.data import load_arrays
-
         arrays = load_arrays(data)
         keys = list(sensors) if sensors else [k for k in arrays if k in list_sensors()]
         if not keys:
@@ -172,7 +170,7 @@ def compute_stats_file(data: str | Path, out: str | Path, sensors: Sequence[str]
                 raise ValueError(f"{data}: has no array for sensor {key!r}")
             stats[key] = band_statistics(arrays[key], get_sensor(key))
     else:
-        from s12mae.layouts import open_layout
+        from s12mae.layouts import open_layout  # the readers (rasterio) only where a layout is read
 
         samples = open_layout(layout, data, None if sensors is None else list(sensors))
         stats = _stream_statistics(samples, sensors, f"{data} ({layout})")
