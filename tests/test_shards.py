@@ -221,7 +221,8 @@ def test_grid_and_random_crops_deterministic(tmp_path):
 
 def test_pair_and_s2_only_sets(tmp_path):
     write_simulated(tmp_path / "sim", dataclasses.replace(SIM, s1_fraction=0.5))
-    pairs = write_shard_set(str(tmp_path / "sim"), str(tmp_path / "pairs"), ShardConfig(sensors=["s2_l1c", "s1_grd"]))
+    pair_cfg = ShardConfig(sensors=["s2_l1c", "s1_grd"])
+    pairs = write_shard_set(str(tmp_path / "sim"), str(tmp_path / "pairs"), pair_cfg)
     s2 = write_shard_set(str(tmp_path / "sim"), str(tmp_path / "s2"), ShardConfig(sensors=["s2_l1c"]))
     assert s2["num_samples"] == 12 and 0 < pairs["num_samples"] < 12
     assert pairs["scenes"]["missing_sensor"] == 12 - pairs["num_samples"]

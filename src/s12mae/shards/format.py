@@ -37,7 +37,15 @@ import numpy as np
 
 from s12mae.sensors import get_sensor
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "PROGRESS", "ShardConfig", "is_shard_set", "read_manifest", "shard_files"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "PROGRESS",
+    "ShardConfig",
+    "is_shard_set",
+    "read_manifest",
+    "shard_files",
+]
 
 FORMAT_VERSION = 1
 MANIFEST = "shards.json"

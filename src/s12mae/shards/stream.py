@@ -34,7 +34,8 @@ def _raise(shard: Path, member: str, reason: str) -> None:
     raise ValueError(f"{shard}: member {member}: {reason}")
 
 
-def read_shard(shard: Path, expect: Mapping[str, Any] | None, bad: BadMember = _raise) -> Iterator[dict[str, Any]]:
+def read_shard(shard: Path, expect: Mapping[str, Any] | None,
+               bad: BadMember = _raise) -> Iterator[dict[str, Any]]:
     """Decoded raw samples ``{"__key__", "__shard__", "json", <ext>: array}`` of one shard.
 
     ``bad(shard, member, reason)`` is called on a corrupt/truncated tar (then reading stops), a

@@ -113,7 +113,8 @@ def _store(key: str, x: np.ndarray, dtype: str, where: str) -> np.ndarray:
     return x.astype(target)
 
 
-def _check_scene(sample: Mapping[str, Any], cfg: ShardConfig, where: str) -> tuple[tuple[int, int], list[str]]:
+def _check_scene(sample: Mapping[str, Any], cfg: ShardConfig,
+                 where: str) -> tuple[tuple[int, int], list[str]]:
     """The scene's grid ``(H, W)`` and the label keys to keep; a ValueError names what is wrong."""
     grids = set()
     for key in cfg.sensors:
@@ -291,7 +292,8 @@ def write_shards(samples: Sequence[Mapping[str, Any]], out: str | Path, cfg: Sha
     chips = _placed_chips(samples, cfg, state, counters, skip_bad)
     while (first := next(chips, None)) is not None:
         batch = itertools.islice(itertools.chain([first], chips), cfg.chips_per_shard)
-        entry, (_, pos, j, before) = _write_shard(out / f"shard-{len(shards):06d}.tar", len(shards), batch, cfg)
+        path = out / f"shard-{len(shards):06d}.tar"
+        entry, (_, pos, j, before) = _write_shard(path, len(shards), batch, cfg)
         shards.append(entry)
         state.update(scene=pos, after_chip=j, counters=before)
         atomic_write(out / PROGRESS, json_bytes(state))
