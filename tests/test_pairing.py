@@ -465,7 +465,7 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
             raise OSError("disk full")
         real(tab, where, **kw)
 
-    monkeypatch.setattr(pairing.pq, "write_table", flaky)
+    monkeypatch.setattr(pq, "write_table", flaky)
     with pytest.raises(OSError, match="disk full"):
         pair_cli(str(s2), str(s1), out=str(out), max_days=30, threads=1, quiet=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old outputs intact, no temp left
