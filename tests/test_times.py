@@ -37,8 +37,14 @@ def test_every_form_reads_the_same_instant_in_both_forms(value):
 def test_columns_agree_with_the_scalar_rule_value_by_value():
     """Whole columns (Arrow's ISO cast where it applies, value by value where not) against the
     scalar rule on the same values, including mixed units and fractions."""
-    iso = ["2021-03-01", "2021-03-01 12:00", "2021-03-01T12:00:00.5Z", "2021-03-01T14:00:00+02:00",
-           "2021-03-01T12:00:00.123456Z", "1999-12-31T23:59:59"]
+    iso = [
+        "2021-03-01",
+        "2021-03-01 12:00",
+        "2021-03-01T12:00:00.5Z",
+        "2021-03-01T14:00:00+02:00",
+        "2021-03-01T12:00:00.123456Z",
+        "1999-12-31T23:59:59",
+    ]
     mixed = [*iso, "20210301", "S2B_MSIL2A_20170924T93020_69_24", "1614600000", "1614600000000"]
     numbers = np.array([1.5e9, 1.5e12 + 0.4, 1.5e15, -86_400.0, 0.25])
     ints = np.array([1_500_000_000, 1_500_000_000_123, 1_500_000_000_123_456, 1_500_000_000_123_456_789])

@@ -97,7 +97,9 @@ class _ItemReader(RasterReader):
         return self._given
 
 
-def _stack_item(item_id: str, sources: list[tuple[str, Path, Any]], keys: list[str], source: str) -> dict[str, Any]:
+def _stack_item(
+    item_id: str, sources: list[tuple[str, Path, Any]], keys: list[str], source: str
+) -> dict[str, Any]:
     """One sample of GeoTIFF stacks ``(family, path, time)``: each sensor key is the first key of
     ``keys`` in that family (else the family's first sensor); the first stack gives the grid."""
     layers = []
@@ -138,7 +140,8 @@ class PairFolder(Sequence):
             raise ValueError(f"{self.folder}: layout {'s2-all' if s2_all else 'pairs'} holds only "
                              f"{sorted(known)}, not {bad}")
         files = ["pairs.parquet", "s2_only.parquet"] if s2_all else ["pairs.parquet"]
-        need = ["s2_id", "s2_path", "s2_time"] + ([] if s2_all else ["s1_id", "s1_path", "s1_time", "gap_hours"])
+        need = ["s2_id", "s2_path", "s2_time"]
+        need += [] if s2_all else ["s1_id", "s1_path", "s1_time", "gap_hours"]
         self.rows: list[tuple[str, dict[str, Any]]] = []
         for name in files:
             table = self._read(self.folder / name, need)

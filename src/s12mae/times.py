@@ -127,7 +127,9 @@ def _text_to_us(col: pa.Array, where: str, ids: pa.Array | None) -> np.ndarray:
     for row, text in enumerate(col.to_pylist()):
         t = parse_time(text)
         if t is None:
-            raise ValueError(f"{where}: cannot parse time {text!r} in row {row}{_note(ids, row)} ({_EXPECTED})")
+            raise ValueError(
+                f"{where}: cannot parse time {text!r} in row {row}{_note(ids, row)} ({_EXPECTED})"
+            )
         out[row] = to_us(t)
     return out
 
@@ -161,4 +163,6 @@ def times_to_us(col: pa.Array | pa.ChunkedArray, where: str, ids: pa.Array | Non
         return epoch_to_us(v)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return _text_to_us(col, where, ids)
-    raise ValueError(f"{where}: time column has type {kind}, expected timestamps, ISO 8601 strings or epoch numbers")
+    raise ValueError(
+        f"{where}: time column has type {kind}, expected timestamps, ISO 8601 strings or epoch numbers"
+    )

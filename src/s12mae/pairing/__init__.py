@@ -132,15 +132,17 @@ def _placeable(s2: Items, s1: Items, match: Match) -> tuple[np.ndarray, np.ndarr
     return s2.has_geom | (s2.loc_code >= 0), s1.has_geom | (s1.loc_code >= 0)
 
 
-def _search(s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, threads: int | None,
-            timings: dict[str, float]) -> tuple[Candidates, Candidates | None]:
+def _search(
+    s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, threads: int | None, timings: dict[str, float]
+) -> tuple[Candidates, Candidates | None]:
     """The best S1 of every S2 within ``max_days``, and the nearest one (within ``nearest_days``)
     of the S2 items left without."""
     con = connect(threads)
     try:
         t = _time.perf_counter()
-        found = candidates(con, s2, s1, s2_placed, rule.window_us(rule.max_days), rule.min_overlap,
-                           rule.match, rule.cell_deg)
+        found = candidates(
+            con, s2, s1, s2_placed, rule.window_us(rule.max_days), rule.min_overlap, rule.match, rule.cell_deg
+        )
         timings["join_s"] = _time.perf_counter() - t
         t = _time.perf_counter()
         best = select_best(s2, s1, found, rule.min_overlap)
@@ -150,8 +152,16 @@ def _search(s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, threads: i
         lone[best.s2] = False
         near = None
         if rule.searches_nearest and (lone & s2_placed).any():
-            found = candidates(con, s2, s1, lone & s2_placed, rule.window_us(rule.nearest_days), rule.min_overlap,
-                               rule.match, rule.cell_deg)
+            found = candidates(
+                con,
+                s2,
+                s1,
+                lone & s2_placed,
+                rule.window_us(rule.nearest_days),
+                rule.min_overlap,
+                rule.match,
+                rule.cell_deg,
+            )
             near = select_best(s2, s1, found, rule.min_overlap)
         timings["nearest_s"] = _time.perf_counter() - t
     finally:
@@ -196,8 +206,12 @@ def pair(
     lone = np.setdiff1d(np.arange(len(s2_items)), best.s2)
     unplaced = "no_location" if match == "location" else "no_footprint"
     stats: dict[str, Any] = pair_stats(s2_items, s1_items, best, lone, s2_placed, s1_usable)
-    stats.update(max_days=max_days, min_overlap=min_overlap, match=match,
-                 seconds=dict(timings, total_s=_time.perf_counter() - t0))
+    stats.update(
+        max_days=max_days,
+        min_overlap=min_overlap,
+        match=match,
+        seconds=dict(timings, total_s=_time.perf_counter() - t0),
+    )
     return PairResult(
         pairs=pairs_table(s2_items, s1_items, best),
         s2_only=s2_only_table(s2_items, s1_items, lone, near, s2_placed, unplaced),
@@ -237,8 +251,17 @@ def pair_cli(
 
     Returns the statistics (counts, seconds).
     """
-    res = pair(s2, s2 if s1 is None else s1, max_days=max_days, min_overlap=min_overlap, match=match,
-               nearest_days=nearest_days, cell_deg=cell_deg, threads=threads, s2_product=s2_product)
+    res = pair(
+        s2,
+        s2 if s1 is None else s1,
+        max_days=max_days,
+        min_overlap=min_overlap,
+        match=match,
+        nearest_days=nearest_days,
+        cell_deg=cell_deg,
+        threads=threads,
+        s2_product=s2_product,
+    )
     t = _time.perf_counter()
     paths = write_outputs(res, out)
     res.stats["seconds"]["write_s"] = _time.perf_counter() - t

@@ -130,7 +130,9 @@ def _polygonal(g: np.ndarray, source: str, ids: pa.Array | None, rows: np.ndarra
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         row = int(rows[k])
-        raise ValueError(f"{source}: footprint of row {row}{id_note(ids, row)} is a {g[k].geom_type}, not a polygon")
+        raise ValueError(
+            f"{source}: footprint of row {row}{id_note(ids, row)} is a {g[k].geom_type}, not a polygon"
+        )
     return g
 
 
@@ -172,11 +174,15 @@ def _box_parts(
         pieces = pieces[np.argsort(part_item[pieces], kind="stable")]
         owners, owner_of_piece = np.unique(part_item[pieces], return_inverse=True)
         b = part_box[pieces]
-        geom[owners] = shapely.multipolygons(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), indices=owner_of_piece)
+        geom[owners] = shapely.multipolygons(
+            shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), indices=owner_of_piece
+        )
     return part_item, part_box, area, usable
 
 
-def _polygon_parts(geom: np.ndarray, rect: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _polygon_parts(
+    geom: np.ndarray, rect: np.ndarray, area: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parts of the polygon items: the envelope, or each piece's envelope when split at 180
     (an upper bound of the overlap is all the join needs) -> (part item, part box, item rows).
     Sets ``area`` of those items."""
@@ -210,7 +216,9 @@ def normalise_footprints(
     geom = np.full(n, None, dtype=object)
     if has_poly.any():
         rows = np.flatnonzero(has_poly)
-        g, bounds, poly_is_box, usable = _normalise_polygons(np.asarray(geoms, dtype=object)[rows], rows, source, ids)
+        g, bounds, poly_is_box, usable = _normalise_polygons(
+            np.asarray(geoms, dtype=object)[rows], rows, source, ids
+        )
         bbox[rows[poly_is_box]] = bounds[poly_is_box]  # box-shaped polygons become plain boxes
         is_box[rows[poly_is_box]] = True
         keep = usable & ~poly_is_box

@@ -102,7 +102,9 @@ def _read_table(p: Path) -> pa.Table:
         import pyarrow.csv as pacsv
 
         strings = {c: pa.string() for c in _TEXT_COLUMNS}
-        return pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(column_types=strings, strings_can_be_null=True))
+        return pacsv.read_csv(
+            p, convert_options=pacsv.ConvertOptions(column_types=strings, strings_can_be_null=True)
+        )
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"{p}: cannot read the table: {e}") from None
 
@@ -112,7 +114,9 @@ def _col(tab: pa.Table, names: Sequence[str]) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
-def _table_footprints(tab: pa.Table, source: str, ids: pa.Array) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _table_footprints(
+    tab: pa.Table, source: str, ids: pa.Array
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The ``footprint`` column (WKT or WKB) and/or the box columns -> (geometries, boxes)."""
     geo_col = _col(tab, ["footprint", "geometry", "wkt"])
     box_cols = [_col(tab, pair) for pair in _BOX_COLUMNS]
@@ -127,7 +131,9 @@ def _table_footprints(tab: pa.Table, source: str, ids: pa.Array) -> tuple[np.nda
     if not all(box_cols):
         return geoms, None
     try:
-        boxes = [tab.column(c).combine_chunks().cast(pa.float64()).to_numpy(zero_copy_only=False) for c in box_cols]
+        boxes = [
+            tab.column(c).combine_chunks().cast(pa.float64()).to_numpy(zero_copy_only=False) for c in box_cols
+        ]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise ValueError(f"{source}: minlon..maxlat are not numbers: {e}") from None
     return geoms, np.column_stack(boxes)
@@ -148,11 +154,15 @@ def _parse_footprints(column: pa.Array, source: str, ids: pa.Array) -> np.ndarra
     bad = shapely.is_missing(geoms) & given
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{source}: cannot parse footprint {str(values[row])[:60]!r} in row {row}{id_note(ids, row)}")
+        raise ValueError(
+            f"{source}: cannot parse footprint {str(values[row])[:60]!r} in row {row}{id_note(ids, row)}"
+        )
     return geoms
 
 
-def items_from_table(tab: pa.Table, source: str = "table", folder: str | os.PathLike[str] = os.curdir) -> Items:
+def items_from_table(
+    tab: pa.Table, source: str = "table", folder: str | os.PathLike[str] = os.curdir
+) -> Items:
     """An index table (id, time, footprint WKT/WKB and/or minlon..maxlat, path, location).
 
     Args:
@@ -201,7 +211,9 @@ def items_from_ssl4eo(folder: Path, source: str | None = None) -> Items:
     if not ids:
         raise ValueError(f"{source}: holds no <location>/<acquisition>/metadata.json")
     geoms_arr = np.array(geoms, dtype=object)
-    return _build_items(source, pa.array(ids), np.array(times, np.int64), pa.array(paths), pa.array(locs), geoms_arr, None)
+    return _build_items(
+        source, pa.array(ids), np.array(times, np.int64), pa.array(paths), pa.array(locs), geoms_arr, None
+    )
 
 
 def _stac_box(bbox: Sequence[float] | None) -> list[float]:

@@ -38,16 +38,32 @@ US_PER_DAY = 86_400_000_000
 US_PER_HOUR = 3_600_000_000
 _UTC_US = pa.timestamp("us", tz="UTC")
 
-PAIR_SCHEMA = pa.schema([
-    ("s2_id", pa.string()), ("s1_id", pa.string()), ("s2_time", _UTC_US), ("s1_time", _UTC_US),
-    ("gap_hours", pa.float64()), ("overlap", pa.float64()), ("s2_path", pa.string()),
-    ("s1_path", pa.string()), ("location", pa.string()), ("match", pa.string()),
-])
-S2_ONLY_SCHEMA = pa.schema([
-    ("s2_id", pa.string()), ("s2_time", _UTC_US), ("s2_path", pa.string()), ("location", pa.string()),
-    ("reason", pa.string()), ("nearest_s1_id", pa.string()), ("nearest_s1_time", _UTC_US),
-    ("nearest_gap_hours", pa.float64()),
-])
+PAIR_SCHEMA = pa.schema(
+    [
+        ("s2_id", pa.string()),
+        ("s1_id", pa.string()),
+        ("s2_time", _UTC_US),
+        ("s1_time", _UTC_US),
+        ("gap_hours", pa.float64()),
+        ("overlap", pa.float64()),
+        ("s2_path", pa.string()),
+        ("s1_path", pa.string()),
+        ("location", pa.string()),
+        ("match", pa.string()),
+    ]
+)
+S2_ONLY_SCHEMA = pa.schema(
+    [
+        ("s2_id", pa.string()),
+        ("s2_time", _UTC_US),
+        ("s2_path", pa.string()),
+        ("location", pa.string()),
+        ("reason", pa.string()),
+        ("nearest_s1_id", pa.string()),
+        ("nearest_s1_time", _UTC_US),
+        ("nearest_gap_hours", pa.float64()),
+    ]
+)
 
 
 @dataclass
@@ -87,16 +103,18 @@ def pairs_table(s2: Items, s1: Items, best: Candidates) -> pa.Table:
     )
 
 
-def s2_only_table(s2: Items, s1: Items, lone: np.ndarray, near: Candidates | None, s2_placed: np.ndarray,
-                  unplaced: str) -> pa.Table:
+def s2_only_table(
+    s2: Items, s1: Items, lone: np.ndarray, near: Candidates | None, s2_placed: np.ndarray, unplaced: str
+) -> pa.Table:
     """One row per unpaired S2 item ``lone`` (S2 input order) with its reason and nearest S1."""
     nearest_s1, nearest_gap = np.full(len(s2), -1, np.int64), np.zeros(len(s2), np.int64)
     if near is not None and len(near):
         nearest_s1[near.s2], nearest_gap[near.s2] = near.s1, near.gap_us
     s1_row = nearest_s1[lone]
     has_near = s1_row >= 0
-    reason = np.where(~s2_placed[lone], unplaced,
-                      np.where(has_near, "no_s1_within_max_days", "no_s1_same_place"))
+    reason = np.where(
+        ~s2_placed[lone], unplaced, np.where(has_near, "no_s1_within_max_days", "no_s1_same_place")
+    )
     near_rows = pa.array(s1_row, pa.int64(), mask=~has_near)  # null row -> null value
     gap_hours = np.where(has_near, nearest_gap[lone] / US_PER_HOUR, np.nan)
     return pa.table(
@@ -114,8 +132,9 @@ def s2_only_table(s2: Items, s1: Items, lone: np.ndarray, near: Candidates | Non
     )
 
 
-def pair_stats(s2: Items, s1: Items, best: Candidates, lone: np.ndarray, s2_placed: np.ndarray,
-               s1_usable: np.ndarray) -> dict[str, int]:
+def pair_stats(
+    s2: Items, s1: Items, best: Candidates, lone: np.ndarray, s2_placed: np.ndarray, s1_usable: np.ndarray
+) -> dict[str, int]:
     """Counts: items, pairs, S2-only, missing footprints, S1 ignored/used/reuse, match kinds."""
     reuse = np.bincount(best.s1, minlength=len(s1)) if len(best) else np.zeros(1, np.int64)
     return {

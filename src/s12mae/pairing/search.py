@@ -90,7 +90,9 @@ def connect(threads: int | None) -> Any:
     """A DuckDB connection with ``threads`` threads (default: all cores)."""
     import duckdb
 
-    return duckdb.connect(config={"threads": int(threads or os.cpu_count() or 1), "preserve_insertion_order": False})
+    return duckdb.connect(
+        config={"threads": int(threads or os.cpu_count() or 1), "preserve_insertion_order": False}
+    )
 
 
 def _query(con: Any, tables: dict[str, pa.Table], sql: str) -> dict[str, np.ndarray]:
@@ -117,22 +119,28 @@ def _cells(part_box: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
     return rep, (cx0[rep] + k % wx[rep]) * ny + cy0[rep] + k // wx[rep]
 
 
-def _cell_table(items: Items, parts: np.ndarray, cell: float, buckets: np.ndarray, count: int,
-                offsets: tuple[int, ...]) -> pa.Table:
+def _cell_table(
+    items: Items, parts: np.ndarray, cell: float, buckets: np.ndarray, count: int, offsets: tuple[int, ...]
+) -> pa.Table:
     """One row per (part, grid cell, time bucket offset): key, item row, time, part box, location."""
     rep, cell_key = _cells(items.part_box[parts], cell)
     parts = parts[rep]
     rows = items.part_item[parts]
     copies = len(offsets)
-    columns = {"key": np.concatenate([cell_key * count + buckets[rows] + d for d in offsets]),
-               "row": np.tile(rows, copies), "t": np.tile(items.t_us[rows], copies)}
+    columns = {
+        "key": np.concatenate([cell_key * count + buckets[rows] + d for d in offsets]),
+        "row": np.tile(rows, copies),
+        "t": np.tile(items.t_us[rows], copies),
+    }
     for k, name in enumerate(("x0", "y0", "x1", "y1")):
         columns[name] = np.tile(items.part_box[parts, k], copies)
     columns["loc"] = np.tile(items.loc_code[rows], copies)
     return pa.table(columns)
 
 
-def _footprint_sides(s2: Items, s1: Items, s2_mask: np.ndarray, match: Match) -> tuple[np.ndarray, np.ndarray]:
+def _footprint_sides(
+    s2: Items, s1: Items, s2_mask: np.ndarray, match: Match
+) -> tuple[np.ndarray, np.ndarray]:
     """Items that take part in the footprint join. Under ``auto``, pairs where both sides have a
     location are decided by location (whole sides are dropped where that is certain)."""
     s2_ok, s1_ok = s2_mask & s2.has_geom, s1.has_geom.copy()
@@ -165,16 +173,26 @@ def _footprint_sql(count: int, cell: float, window_us: int, match: Match) -> str
     """
 
 
-def _footprint_candidates(con: Any, s2: Items, s1: Items, s2_mask: np.ndarray, window_us: int,
-                          min_overlap: float, match: Match, cell: float) -> Candidates | None:
+def _footprint_candidates(
+    con: Any,
+    s2: Items,
+    s1: Items,
+    s2_mask: np.ndarray,
+    window_us: int,
+    min_overlap: float,
+    match: Match,
+    cell: float,
+) -> Candidates | None:
     """Same-place-by-footprint candidates: grid cell x time bucket join, bbox upper bound >= min."""
     s2_ok, s1_ok = _footprint_sides(s2, s1, s2_mask, match)
     s2_parts, s1_parts = np.flatnonzero(s2_ok[s2.part_item]), np.flatnonzero(s1_ok[s1.part_item])
     if not (len(s2_parts) and len(s1_parts)):
         return None
     buckets = _TimeBuckets.of(s2, s1, window_us)
-    tables = {"s2_cells": _cell_table(s2, s2_parts, cell, buckets.s2, buckets.count, (-1, 0, 1)),
-              "s1_cells": _cell_table(s1, s1_parts, cell, buckets.s1, buckets.count, (0,))}
+    tables = {
+        "s2_cells": _cell_table(s2, s2_parts, cell, buckets.s2, buckets.count, (-1, 0, 1)),
+        "s1_cells": _cell_table(s1, s1_parts, cell, buckets.s1, buckets.count, (0,)),
+    }
     res = _query(con, tables, _footprint_sql(buckets.count, cell, window_us, match))
     s2_rows, s1_rows = np.asarray(res["s2_row"], np.int64), np.asarray(res["s1_row"], np.int64)
     inter = np.asarray(res["inter"], float)
@@ -182,11 +200,19 @@ def _footprint_candidates(con: Any, s2: Items, s1: Items, s2_mask: np.ndarray, w
     keep = (inter > 0) & (bound >= min_overlap)
     s2_rows, s1_rows, bound = s2_rows[keep], s1_rows[keep], bound[keep]
     certain = s2.rect[s2_rows] & s1.rect[s1_rows]
-    return Candidates(s2_rows, s1_rows, np.asarray(res["gap"], np.int64)[keep], np.ones(len(s2_rows), bool),
-                      certain, np.where(certain, bound, np.nan))
+    return Candidates(
+        s2_rows,
+        s1_rows,
+        np.asarray(res["gap"], np.int64)[keep],
+        np.ones(len(s2_rows), bool),
+        certain,
+        np.where(certain, bound, np.nan),
+    )
 
 
-def _location_candidates(con: Any, s2: Items, s1: Items, s2_mask: np.ndarray, window_us: int) -> Candidates | None:
+def _location_candidates(
+    con: Any, s2: Items, s1: Items, s2_mask: np.ndarray, window_us: int
+) -> Candidates | None:
     """Same-place-by-location candidates: location x time bucket join."""
     s2_rows = np.flatnonzero(s2_mask & (s2.loc_code >= 0))
     s1_rows = np.flatnonzero(s1.loc_code >= 0)
@@ -195,33 +221,65 @@ def _location_candidates(con: Any, s2: Items, s1: Items, s2_mask: np.ndarray, wi
     buckets = _TimeBuckets.of(s2, s1, window_us)
     s2_key = s2.loc_code[s2_rows] * buckets.count + buckets.s2[s2_rows]
     tables = {
-        "s2_locs": pa.table({"key": np.concatenate([s2_key + d for d in (-1, 0, 1)]),
-                             "row": np.tile(s2_rows, 3), "t": np.tile(s2.t_us[s2_rows], 3)}),
-        "s1_locs": pa.table({"key": s1.loc_code[s1_rows] * buckets.count + buckets.s1[s1_rows],
-                             "row": s1_rows, "t": s1.t_us[s1_rows]}),
+        "s2_locs": pa.table(
+            {
+                "key": np.concatenate([s2_key + d for d in (-1, 0, 1)]),
+                "row": np.tile(s2_rows, 3),
+                "t": np.tile(s2.t_us[s2_rows], 3),
+            }
+        ),
+        "s1_locs": pa.table(
+            {
+                "key": s1.loc_code[s1_rows] * buckets.count + buckets.s1[s1_rows],
+                "row": s1_rows,
+                "t": s1.t_us[s1_rows],
+            }
+        ),
     }
-    res = _query(con, tables, f"""
+    res = _query(
+        con,
+        tables,
+        f"""
         SELECT s2.row AS s2_row, s1.row AS s1_row, s1.t - s2.t AS gap
         FROM s2_locs s2 JOIN s1_locs s1 ON s2.key = s1.key WHERE abs(s1.t - s2.t) <= {int(window_us)}
-    """)
+    """,
+    )
     n = len(res["s2_row"])
-    return Candidates(np.asarray(res["s2_row"], np.int64), np.asarray(res["s1_row"], np.int64),
-                      np.asarray(res["gap"], np.int64), np.zeros(n, bool), np.ones(n, bool), np.full(n, np.nan))
+    return Candidates(
+        np.asarray(res["s2_row"], np.int64),
+        np.asarray(res["s1_row"], np.int64),
+        np.asarray(res["gap"], np.int64),
+        np.zeros(n, bool),
+        np.ones(n, bool),
+        np.full(n, np.nan),
+    )
 
 
 def _prune(con: Any, cand: Candidates) -> Candidates:
     """Per S2, keep the candidates ranked no worse than its best certain one (window function)."""
     table = pa.table({"r": np.arange(len(cand)), "s2": cand.s2, "k": cand.rank, "certain": cand.certain})
-    keep = _query(con, {"cand": table}, """
+    keep = _query(
+        con,
+        {"cand": table},
+        """
         SELECT r FROM (
           SELECT r, k, min(CASE WHEN certain THEN k END) OVER (PARTITION BY s2) AS kc FROM cand
         ) WHERE kc IS NULL OR k <= kc
-    """)["r"]
+    """,
+    )["r"]
     return cand.take(np.sort(np.asarray(keep, np.int64)))
 
 
-def candidates(con: Any, s2: Items, s1: Items, s2_mask: np.ndarray, window_us: int, min_overlap: float,
-               match: Match, cell: float) -> Candidates:
+def candidates(
+    con: Any,
+    s2: Items,
+    s1: Items,
+    s2_mask: np.ndarray,
+    window_us: int,
+    min_overlap: float,
+    match: Match,
+    cell: float,
+) -> Candidates:
     """Same-place S1 candidates within ``window_us`` for the S2 items in ``s2_mask``, pruned per S2
     to those ranked no worse than its best certain candidate."""
     parts = []
@@ -250,8 +308,14 @@ def exact_overlap(s2: Items, s1: Items, s2_rows: np.ndarray, s1_rows: np.ndarray
     return overlap
 
 
-def _smallest_id_of_ties(s1: Items, sel: Candidates, order: np.ndarray, keys: tuple[np.ndarray, ...],
-                         first: np.ndarray, winners: np.ndarray) -> np.ndarray:
+def _smallest_id_of_ties(
+    s1: Items,
+    sel: Candidates,
+    order: np.ndarray,
+    keys: tuple[np.ndarray, ...],
+    first: np.ndarray,
+    winners: np.ndarray,
+) -> np.ndarray:
     """Where the best candidates of an S2 tie on (|gap|, S1 time, overlap), the smaller s1_id wins
     (rare, resolved in Python). ``keys`` are the sort keys in ``order``; ``first`` marks each S2's
     first row."""
@@ -276,7 +340,9 @@ def select_best(s2: Items, s1: Items, cand: Candidates, min_overlap: float) -> C
     smallest rank (|gap|, then the earlier S1), then the larger overlap, then the smaller s1_id."""
     overlap = exact_overlap(s2, s1, cand.s2, cand.s1)
     fp_certain = cand.by_footprint & cand.certain
-    overlap = np.where(fp_certain & ~np.isnan(cand.overlap), cand.overlap, overlap)  # the value the SQL test used
+    overlap = np.where(
+        fp_certain & ~np.isnan(cand.overlap), cand.overlap, overlap
+    )  # the value the SQL test used
     passes = ~cand.by_footprint | fp_certain | ((overlap > 0) & (overlap >= min_overlap))
     sel = cand.take(passes)
     sel.overlap = overlap[passes]

@@ -18,7 +18,7 @@ from s12mae.times import parse_time
 __all__ = ["BigEarthNetV1Reader", "BigEarthNetV2Reader", "bigearthnet_labels", "multi_hot19"]
 
 _SENSORS = layout_sensors("bigearthnet")
-"""Folder token -> sensor key (``{"S2": "s2_l2a", "S1": "s1_grd"}``); v2 folders are ``BigEarthNet-<token>``."""
+"""Folder token -> sensor key (``{"S2": "s2_l2a", "S1": "s1_grd"}``)."""
 _S2_SENSOR, _S1_SENSOR = _SENSORS["S2"], _SENSORS["S1"]
 
 

@@ -76,7 +76,8 @@ class GenericReader(FolderReader):
             sample_id = f"{self.source}/{row.get('id', row_number)}"
             where = f"{self.index}: row {row_number} (id {row.get('id')})"
             try:
-                layers = [self._layer(row, prefix, where) for prefix in ("s2", "s1") if f"{prefix}_path" in row]
+                prefixes = [p for p in ("s2", "s1") if f"{p}_path" in row]
+                layers = [self._layer(row, prefix, where) for prefix in prefixes]
                 if not layers:
                     raise ValueError(f"{where}: no s2_path")
                 items.append(Item(sample_id, layers))

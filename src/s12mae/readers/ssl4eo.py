@@ -149,7 +149,8 @@ class SSL4EOReader(FolderReader):
     products: ClassVar[dict[str, str]] = PRODUCTS
 
     def _scan(self) -> list[Acquisition]:
-        out = [Acquisition.at(f) for product in self.products for f in acquisition_folders(self.root / product)]
+        folders = [f for product in self.products for f in acquisition_folders(self.root / product)]
+        out = [Acquisition.at(folder) for folder in folders]
         if not out:
             raise ValueError(f"{self.root}: no acquisition folders under {sorted(self.products)}")
         return out
