@@ -45,8 +45,13 @@ from s12mae.readers import (
     SensorLayer,
     TerraMeshReader,
 )
-from s12mae.readers.ssl4eo import PRODUCTS as SSL4EO_PRODUCTS
-from s12mae.readers.ssl4eo import ListedSSL4EOReader, is_acquisition_folder, s2_product_folders
+from s12mae.readers.ssl4eo import (
+    FOLDER_PATTERN,
+    ListedSSL4EOReader,
+    is_acquisition_folder,
+    s2_product_folders,
+    sensor_of,
+)
 from s12mae.sensors import list_sensors, sensors_of_family
 from s12mae.times import parse_time
 
@@ -198,7 +203,7 @@ class PairFolder(Sequence):
         if path.is_file() and path.suffix.lower() in _STACK_SUFFIXES:
             return "stack"
         raise ValueError(f"{where}: {column} {path} is neither an SSL4EO-S12 acquisition folder "
-                         f"(<root>/<{'|'.join(SSL4EO_PRODUCTS)}>/<location>/<acquisition>) nor a GeoTIFF")
+                         f"({FOLDER_PATTERN}) nor a GeoTIFF")
 
     def _keys(self, s2_default: str, with_s1: bool) -> list[str]:
         """Keys to load: ``sensors``, or the row's S2 and the first S1 sensor; always an S2 key,
@@ -217,7 +222,7 @@ class PairFolder(Sequence):
         s1 = self._path(row["s1_path"], "s1_path", where)
         kinds = {self._kind(s2, "s2_path", where), self._kind(s1, "s1_path", where)}
         if kinds == {"ssl4eo"}:
-            keys = self._keys(SSL4EO_PRODUCTS[s2.parent.parent.name], True)
+            keys = self._keys(sensor_of(s2), True)
             folders = [*self._s2_folders(s2, keys, where), s1]
             sample = ListedSSL4EOReader(folders, keys).load_pair(s2.name, s1.name)
         elif kinds == {"stack"}:
@@ -239,7 +244,7 @@ class PairFolder(Sequence):
     def _load_s2(self, row: dict[str, Any], where: str) -> dict[str, Any]:
         s2 = self._path(row["s2_path"], "s2_path", where)
         if self._kind(s2, "s2_path", where) == "ssl4eo":
-            keys = self._keys(SSL4EO_PRODUCTS[s2.parent.parent.name], False)
+            keys = self._keys(sensor_of(s2), False)
             sample = ListedSSL4EOReader(self._s2_folders(s2, keys, where), keys)[0]
         else:
             sample = _stack_item(f"s2-all/{row['s2_id']}", [("s2", s2, row["s2_time"])],

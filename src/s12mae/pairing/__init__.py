@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_MAX_DAYS",
     "DEFAULT_MIN_OVERLAP",
     "DEFAULT_NEAREST_DAYS",
+    "DEFAULT_S2_PRODUCT",
     "PAIR_SCHEMA",
     "S2_ONLY_SCHEMA",
     "US_PER_DAY",
@@ -86,6 +87,7 @@ __all__ = [
 DEFAULT_MAX_DAYS = 7.0  # paper, section 3.1: "more than one week" apart is excluded
 DEFAULT_MIN_OVERLAP = 0.5  # ours: the paper gives no overlap threshold
 DEFAULT_NEAREST_DAYS = 30.0  # ours: how far S2-only rows look for the nearest same-place S1
+DEFAULT_S2_PRODUCT = product_of("s2")  # the first S2 product of sensors.yaml: s2c, L1C as in the paper
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def pair(
     nearest_days: float | None = DEFAULT_NEAREST_DAYS,
     cell_deg: float = 1.0,
     threads: int | None = None,
-    s2_product: str = "s2c",
+    s2_product: str = DEFAULT_S2_PRODUCT,
 ) -> PairResult:
     """Pair every S2 item with its closest-in-time same-place S1 item (see the module docstring).
 
@@ -227,7 +229,7 @@ def pair_cli(
     min_overlap: float = DEFAULT_MIN_OVERLAP,
     match: Match = "auto",
     nearest_days: float | None = DEFAULT_NEAREST_DAYS,
-    s2_product: str = "s2c",
+    s2_product: str = DEFAULT_S2_PRODUCT,
     cell_deg: float = 1.0,
     threads: int | None = None,
     quiet: bool = False,

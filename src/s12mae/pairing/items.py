@@ -29,7 +29,14 @@ import shapely
 
 from s12mae.pairing.geometry import Footprints, geojson_geometry, id_note, normalise_footprints
 from s12mae.paths import absolute, resolve_column
-from s12mae.readers.ssl4eo import FOOTPRINT_KEYS, METADATA, TIME_KEYS, is_product_folder, metadata_records
+from s12mae.readers.ssl4eo import (
+    FOOTPRINT_KEYS,
+    METADATA,
+    TIME_KEYS,
+    is_product_folder,
+    metadata_records,
+    product_of,
+)
 from s12mae.times import parse_time, times_to_us, to_us
 
 __all__ = ["Items", "items_from_ssl4eo", "items_from_stac", "items_from_table", "load_items"]
@@ -290,13 +297,13 @@ def _items_from_folder(p: Path, product: str, source: str) -> Items:
     )
 
 
-def load_items(src: Any, *, product: str = "s2c", source: str | None = None) -> Items:
+def load_items(src: Any, *, product: str | None = None, source: str | None = None) -> Items:
     """Any supported input -> ``Items``.
 
     ``src``: a path (SSL4EO-S12 root or product folder, ``.parquet``/``.csv`` index, STAC JSON
     file or folder holding ``catalog.json``/``collection.json``), a ``pyarrow.Table``, pystac
     Items / ItemCollection / Catalog, or an ``Items``. ``product`` picks the product folder when
-    ``src`` is an SSL4EO-S12 root (``s2c``, ``s2a`` or ``s1``).
+    ``src`` is an SSL4EO-S12 root (``s2c``, ``s2a`` or ``s1``; default: the first S2 product, ``s2c``).
     """
     if isinstance(src, Items):
         return src
@@ -313,7 +320,7 @@ def load_items(src: Any, *, product: str = "s2c", source: str | None = None) -> 
     if not p.exists():
         raise ValueError(f"{source}: does not exist")
     if p.is_dir():
-        return _items_from_folder(p, product, source)
+        return _items_from_folder(p, product or product_of("s2"), source)
     name = p.name.lower()
     if name.endswith((".json", ".geojson")):
         return items_from_stac(_stac_file_items(p), source)

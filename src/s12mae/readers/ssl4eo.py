@@ -21,6 +21,7 @@ from s12mae.sensors import layout_sensors, sensors_of_family
 from s12mae.times import parse_time
 
 __all__ = [
+    "FOLDER_PATTERN",
     "FOOTPRINT_KEYS",
     "METADATA",
     "PRODUCTS",
@@ -34,6 +35,7 @@ __all__ = [
     "metadata_records",
     "product_of",
     "s2_product_folders",
+    "sensor_of",
 ]
 
 PRODUCTS: dict[str, str] = layout_sensors("ssl4eo")
@@ -55,9 +57,18 @@ def acquisition_folders(product_dir: Path) -> list[Path]:
     return sorted(Path(product_dir).glob("*/*/"))
 
 
+FOLDER_PATTERN = f"<root>/<{'|'.join(PRODUCTS)}>/<location>/<acquisition>"
+"""An acquisition folder, as error messages describe it."""
+
+
 def is_acquisition_folder(path: Path) -> bool:
     """``path`` is an existing ``<root>/<product>/<location>/<acquisition>`` folder."""
     return path.is_dir() and path.parent.parent.name in PRODUCTS
+
+
+def sensor_of(folder: Path) -> str:
+    """The sensor key of an acquisition folder, from its product folder (``s2c`` -> ``s2_l1c``)."""
+    return PRODUCTS[folder.parent.parent.name]
 
 
 def _metadata(folder: Path) -> dict[str, Any]:
@@ -88,7 +99,7 @@ def s2_product_folders(s2: Path, keys: Sequence[str]) -> list[Path]:
     Raises:
         ValueError: a folder that ``keys`` asks for does not exist.
     """
-    own = PRODUCTS[s2.parent.parent.name]
+    own = sensor_of(s2)
     s2_keys = sensors_of_family("s2")
     folders = []
     for product, key in PRODUCTS.items():
@@ -116,7 +127,7 @@ class Acquisition:
         """The acquisition in ``folder``; its time from the folder name (the datatake's sensing
         start), else from ``metadata.json``'s ``system:time_start``."""
         time = parse_time(folder.name) or parse_time(_metadata(folder).get(TIME_KEYS[0]))
-        return cls(folder.parent.name, PRODUCTS[folder.parent.parent.name], folder.name, time, folder)
+        return cls(folder.parent.name, sensor_of(folder), folder.name, time, folder)
 
     @property
     def date(self) -> str:
