@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 __all__ = ["absolute", "is_url", "resolve", "resolve_column"]
 
 _URL = r"^[A-Za-z][A-Za-z0-9+.-]*://"
-_NOT_NORMAL = r"(^|/)\.{1,2}(/|$)|//"  # a '.' or '..' part, or an empty one
 
 
 def is_url(value: str | os.PathLike[str]) -> bool:
@@ -51,11 +50,18 @@ def resolve_column(values: pa.Array, folder: str | os.PathLike[str]) -> pa.Array
     """:func:`resolve` over a string column (nulls stay null); vectorised for millions of rows."""
     values = values.cast(pa.string())
     base = os.path.abspath(folder)
-    url = pc.fill_null(pc.match_substring_regex(values, _URL), False)
-    relative = pc.and_(pc.invert(url), pc.invert(pc.starts_with(values, "/")))
+    url = pc.match_substring(values, "://")  # cheap test first; the exact pattern only if any
+    if pc.any(url).as_py():
+        url = pc.and_(url, pc.match_substring_regex(values, _URL))
+    relative = pc.and_(pc.invert(pc.starts_with(values, "/")), pc.invert(url))
     joined = pc.if_else(relative, pc.binary_join_element_wise(base, values, "/"), values)
-    messy = pc.and_(pc.invert(url), pc.match_substring_regex(joined, _NOT_NORMAL))
-    rows = np.flatnonzero(pc.fill_null(messy, False).to_numpy(zero_copy_only=False))
+    # a '.' or '..' part, an empty one, or an empty path: normalised in Python (false alarms
+    # such as 'a./b' only cost time); URLs are kept
+    odd = pc.or_(
+        pc.or_(pc.match_substring(values, "./"), pc.ends_with(values, ".")),
+        pc.or_(pc.match_substring(values, "//"), pc.equal(values, "")),
+    )
+    rows = np.flatnonzero(pc.fill_null(pc.and_(odd, pc.invert(url)), False).to_numpy(zero_copy_only=False))
     if not len(rows):
         return joined
     fixed = joined.to_pylist()

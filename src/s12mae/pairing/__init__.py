@@ -134,6 +134,13 @@ def _placeable(s2: Items, s1: Items, match: Match) -> tuple[np.ndarray, np.ndarr
     return s2.has_geom | (s2.loc_code >= 0), s1.has_geom | (s1.loc_code >= 0)
 
 
+def _unpaired(n: int, best: Candidates) -> np.ndarray:
+    """``(n,)`` bool: the S2 items without a pair."""
+    lone = np.ones(n, bool)
+    lone[best.s2] = False
+    return lone
+
+
 def _search(
     s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, threads: int | None, timings: dict[str, float]
 ) -> tuple[Candidates, Candidates | None]:
@@ -150,8 +157,7 @@ def _search(
         best = select_best(s2, s1, found, rule.min_overlap)
         timings["select_s"] = _time.perf_counter() - t
         t = _time.perf_counter()
-        lone = np.ones(len(s2), bool)
-        lone[best.s2] = False
+        lone = _unpaired(len(s2), best)
         near = None
         if rule.searches_nearest and (lone & s2_placed).any():
             found = candidates(
@@ -205,7 +211,7 @@ def pair(
     _share_location_codes(s2_items, s1_items)
     s2_placed, s1_usable = _placeable(s2_items, s1_items, match)
     best, near = _search(s2_items, s1_items, s2_placed, rule, threads, timings)
-    lone = np.setdiff1d(np.arange(len(s2_items)), best.s2)
+    lone = np.flatnonzero(_unpaired(len(s2_items), best))
     unplaced = "no_location" if match == "location" else "no_footprint"
     stats: dict[str, Any] = pair_stats(s2_items, s1_items, best, lone, s2_placed, s1_usable)
     stats.update(

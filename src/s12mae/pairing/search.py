@@ -127,14 +127,18 @@ def _cell_table(
     parts = parts[rep]
     rows = items.part_item[parts]
     copies = len(offsets)
+
+    def repeat(a: np.ndarray) -> np.ndarray:
+        return a if copies == 1 else np.tile(a, copies)
+
     columns = {
         "key": np.concatenate([cell_key * count + buckets[rows] + d for d in offsets]),
-        "row": np.tile(rows, copies),
-        "t": np.tile(items.t_us[rows], copies),
+        "row": repeat(rows),
+        "t": repeat(items.t_us[rows]),
     }
     for k, name in enumerate(("x0", "y0", "x1", "y1")):
-        columns[name] = np.tile(items.part_box[parts, k], copies)
-    columns["loc"] = np.tile(items.loc_code[rows], copies)
+        columns[name] = repeat(items.part_box[parts, k])
+    columns["loc"] = repeat(items.loc_code[rows])
     return pa.table(columns)
 
 
