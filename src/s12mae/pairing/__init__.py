@@ -60,7 +60,7 @@ from s12mae.pairing.results import (
     s2_only_table,
     write_outputs,
 )
-from s12mae.pairing.search import Candidates, Match, candidates, connect, select_best
+from s12mae.pairing.search import Candidates, Match, Query, candidates, connect, select_best
 from s12mae.readers.ssl4eo import product_of
 
 __all__ = [
@@ -110,8 +110,9 @@ class _Rule:
         if not (self.cell_deg > 0):
             raise ValueError(f"cell_deg must be > 0, not {self.cell_deg!r}")
 
-    def window_us(self, days: float) -> int:
-        return round(days * US_PER_DAY)
+    def query(self, s2_mask: np.ndarray, days: float) -> Query:
+        """The candidate search for the S2 items in ``s2_mask`` within ``days``."""
+        return Query(s2_mask, round(days * US_PER_DAY), self.min_overlap, self.match, self.cell_deg)
 
     @property
     def searches_nearest(self) -> bool:
@@ -149,9 +150,7 @@ def _search(
     con = connect(threads)
     try:
         t = _time.perf_counter()
-        found = candidates(
-            con, s2, s1, s2_placed, rule.window_us(rule.max_days), rule.min_overlap, rule.match, rule.cell_deg
-        )
+        found = candidates(con, s2, s1, rule.query(s2_placed, rule.max_days))
         timings["join_s"] = _time.perf_counter() - t
         t = _time.perf_counter()
         best = select_best(s2, s1, found, rule.min_overlap)
@@ -160,16 +159,7 @@ def _search(
         lone = _unpaired(len(s2), best)
         near = None
         if rule.searches_nearest and (lone & s2_placed).any():
-            found = candidates(
-                con,
-                s2,
-                s1,
-                lone & s2_placed,
-                rule.window_us(rule.nearest_days),
-                rule.min_overlap,
-                rule.match,
-                rule.cell_deg,
-            )
+            found = candidates(con, s2, s1, rule.query(lone & s2_placed, rule.nearest_days))
             near = select_best(s2, s1, found, rule.min_overlap)
         timings["nearest_s"] = _time.perf_counter() - t
     finally:

@@ -24,7 +24,7 @@ import shapely
 from s12mae.pairing.geometry import as_geometries
 from s12mae.pairing.items import Items
 
-__all__ = ["Candidates", "Match", "candidates", "connect", "exact_overlap", "select_best"]
+__all__ = ["Candidates", "Match", "Query", "candidates", "connect", "exact_overlap", "select_best"]
 
 Match = Literal["auto", "footprint", "location"]
 
@@ -67,6 +67,25 @@ class Candidates:
             empty = np.zeros(0, np.int64)
             return cls(empty, empty, empty, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0))
         return cls(**{k: np.concatenate([vars(p)[k] for p in parts]) for k in vars(parts[0])})
+
+
+@dataclass(frozen=True)
+class Query:
+    """One candidate search.
+
+    Attributes:
+        s2_mask: ``(N2,)`` the S2 items to find candidates for.
+        window_us: largest ``|t_S1 - t_S2|``, microseconds.
+        min_overlap: smallest area(S2 & S1) / area(S2) of a footprint match.
+        match: how "same place" is decided (``auto``, ``footprint``, ``location``).
+        cell_deg: grid cell of the spatial join, degrees (speed only).
+    """
+
+    s2_mask: np.ndarray
+    window_us: int
+    min_overlap: float
+    match: Match
+    cell_deg: float
 
 
 @dataclass(frozen=True)
@@ -177,18 +196,10 @@ def _footprint_sql(count: int, cell: float, window_us: int, match: Match) -> str
     """
 
 
-def _footprint_candidates(
-    con: Any,
-    s2: Items,
-    s1: Items,
-    s2_mask: np.ndarray,
-    window_us: int,
-    min_overlap: float,
-    match: Match,
-    cell: float,
-) -> Candidates | None:
+def _footprint_candidates(con: Any, s2: Items, s1: Items, query: Query) -> Candidates | None:
     """Same-place-by-footprint candidates: grid cell x time bucket join, bbox upper bound >= min."""
-    s2_ok, s1_ok = _footprint_sides(s2, s1, s2_mask, match)
+    s2_ok, s1_ok = _footprint_sides(s2, s1, query.s2_mask, query.match)
+    window_us, cell = query.window_us, query.cell_deg
     s2_parts, s1_parts = np.flatnonzero(s2_ok[s2.part_item]), np.flatnonzero(s1_ok[s1.part_item])
     if not (len(s2_parts) and len(s1_parts)):
         return None
@@ -197,11 +208,11 @@ def _footprint_candidates(
         "s2_cells": _cell_table(s2, s2_parts, cell, buckets.s2, buckets.count, (-1, 0, 1)),
         "s1_cells": _cell_table(s1, s1_parts, cell, buckets.s1, buckets.count, (0,)),
     }
-    res = _query(con, tables, _footprint_sql(buckets.count, cell, window_us, match))
+    res = _query(con, tables, _footprint_sql(buckets.count, cell, window_us, query.match))
     s2_rows, s1_rows = np.asarray(res["s2_row"], np.int64), np.asarray(res["s1_row"], np.int64)
     inter = np.asarray(res["inter"], float)
     bound = inter / s2.area[s2_rows]
-    keep = (inter > 0) & (bound >= min_overlap)
+    keep = (inter > 0) & (bound >= query.min_overlap)
     s2_rows, s1_rows, bound = s2_rows[keep], s1_rows[keep], bound[keep]
     certain = s2.rect[s2_rows] & s1.rect[s1_rows]
     return Candidates(
@@ -274,23 +285,14 @@ def _prune(con: Any, cand: Candidates) -> Candidates:
     return cand.take(np.sort(np.asarray(keep, np.int64)))
 
 
-def candidates(
-    con: Any,
-    s2: Items,
-    s1: Items,
-    s2_mask: np.ndarray,
-    window_us: int,
-    min_overlap: float,
-    match: Match,
-    cell: float,
-) -> Candidates:
-    """Same-place S1 candidates within ``window_us`` for the S2 items in ``s2_mask``, pruned per S2
-    to those ranked no worse than its best certain candidate."""
+def candidates(con: Any, s2: Items, s1: Items, query: Query) -> Candidates:
+    """Same-place S1 candidates of ``query``, pruned per S2 to those ranked no worse than its best
+    certain candidate."""
     parts = []
-    if match in ("auto", "footprint"):
-        parts.append(_footprint_candidates(con, s2, s1, s2_mask, window_us, min_overlap, match, cell))
-    if match in ("auto", "location"):
-        parts.append(_location_candidates(con, s2, s1, s2_mask, window_us))
+    if query.match in ("auto", "footprint"):
+        parts.append(_footprint_candidates(con, s2, s1, query))
+    if query.match in ("auto", "location"):
+        parts.append(_location_candidates(con, s2, s1, query.s2_mask, query.window_us))
     found = [p for p in parts if p is not None]
     return _prune(con, Candidates.concat(found)) if found else Candidates.concat([])
 
