@@ -34,7 +34,9 @@ from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from rasterio.warp import reproject, transform_bounds
 
+from s12mae.paths import absolute
 from s12mae.sensors import SensorSpec, get_sensor, list_sensors
+from s12mae.times import iso_utc, parse_time
 
 __all__ = [
     "BASELINE_04_DATE",
@@ -61,7 +63,6 @@ _BASELINE_KEYS = ("PROCESSING_BASELINE", "S2:PROCESSING_BASELINE")
 _PRODUCT_KEYS = ("PRODUCT_ID", "TILE_SOURCE", "S2:PRODUCT_URI")
 _TIME_KEYS = ("DATETIME", "ACQUISITION_TIME", "ACQUISITION_DATE", "SENSING_TIME", "SYSTEM:TIME_START")
 _BAND_RE = re.compile(r"^B0?(\d{1,2})(A?)$", re.IGNORECASE)
-_TIME_RE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})(?:[T ](\d{2}):?(\d{2}):?(\d{2}))?")
 _INT16_MAX = np.iinfo(np.int16).max
 
 
@@ -73,33 +74,6 @@ def canonical_band(name: str) -> str:
         return name.upper()
     number, suffix = int(m.group(1)), m.group(2).upper()
     return f"B{number}A" if suffix else f"B{number:02d}"
-
-
-def parse_time(value: Any) -> datetime | None:
-    """A timestamp (UTC) from metadata or a file/folder name; ``None`` if there is none.
-
-    Accepts datetimes, epoch milliseconds (Earth Engine ``system:time_start``), ISO strings (with
-    any fraction, e.g. ``2021-07-23T13:22:41.000000000``) and compact names (``..._20200607T010800_...``).
-    Naive times are taken as UTC. The first valid date in a string wins.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(value) / (1000.0 if abs(value) > 1e11 else 1.0), tz=UTC)
-    for m in _TIME_RE.finditer(str(value)):
-        parts = [int(g) for g in m.groups() if g is not None]
-        try:
-            return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
-        except ValueError:
-            continue
-    return None
-
-
-def iso_utc(t: datetime | None) -> str | None:
-    """``2020-06-04T05:46:39Z`` (seconds precision) or ``None``."""
-    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def baseline_offset(metadata: Mapping[str, Any], band: str, time: datetime | None) -> tuple[int, str]:
@@ -579,10 +553,13 @@ class RasterReader:
 
 
 class FolderReader(RasterReader):
-    """A reader of one dataset folder ``root`` (the layouts' shared constructor).
+    """A reader of one dataset folder or index file ``root`` (the layouts' shared constructor).
+
+    ``root`` is kept in its absolute form (:func:`s12mae.paths.absolute`), so the file paths a
+    sample's ``meta["files"]`` records (and shard sets store) do not depend on the working directory.
 
     Args:
-        root: the dataset folder.
+        root: the dataset folder (an index file for :class:`~s12mae.readers.GenericReader`).
         sensors: sensor (and ``label.*``) keys to load; ``None`` loads every one present.
         skip_bad, s2_offset: see :class:`RasterReader`.
     """
@@ -595,5 +572,5 @@ class FolderReader(RasterReader):
         skip_bad: bool = False,
         s2_offset: int | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.root = Path(absolute(root))
         super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)

@@ -11,11 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from s12mae.readers.base import FolderReader, Item, SensorLayer, parse_time, read_json
+from s12mae.readers.base import FolderReader, Item, SensorLayer, read_json
+from s12mae.sensors import layout_sensors
+from s12mae.times import parse_time
 
 __all__ = ["BigEarthNetV1Reader", "BigEarthNetV2Reader", "bigearthnet_labels", "multi_hot19"]
 
-_S2_SENSOR, _S1_SENSOR = "s2_l2a", "s1_grd"
+_SENSORS = layout_sensors("bigearthnet")
+"""Folder token -> sensor key (``{"S2": "s2_l2a", "S1": "s1_grd"}``)."""
+_S2_SENSOR, _S1_SENSOR = _SENSORS["S2"], _SENSORS["S1"]
 
 
 @cache

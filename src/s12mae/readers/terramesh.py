@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar
 
 from s12mae.readers.base import FolderReader, Item, LabelLayer, SensorLayer
+from s12mae.sensors import layout_sensors
 
 __all__ = ["TerraMeshReader"]
 
@@ -27,14 +26,10 @@ class TerraMeshReader(FolderReader):
     """
 
     source = "terramesh"
-    # Folder -> key, in the order that picks the reference grid (first present wins).
-    folders: ClassVar[dict[str, str]] = {
-        "S2L2A": "s2_l2a",
-        "S2L1C": "s2_l1c",
-        "S1RTC": "s1_rtc",
-        "S1GRD": "s1_grd",
-        "DEM": "dem",
-    }
+    # Folder -> key from sensors.yaml, in spec order (S2L1C, S2L2A, S1GRD, S1RTC, DEM); the first
+    # present gives the reference grid, which does not depend on the order: TerraMesh stores every
+    # modality of a scene on one grid.
+    folders: ClassVar[dict[str, str]] = layout_sensors("terramesh")
     label_folders: ClassVar[dict[str, tuple[str, str, int]]] = {"LULC": ("label.landcover", "uint8", 0)}
 
     def _discover(self) -> list[Item]:
