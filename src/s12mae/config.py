@@ -280,18 +280,19 @@ def upgrade_saved_config(saved: dict[str, Any], source: str) -> dict[str, Any]:
     if not any(f"model.{k}" in MOVED_KEYS for k in model):
         return saved
     aux, mix = dict(model.get("aux") or {}), dict(model.get("mix") or {})
+    weights = model.pop("mix_loss_weights", None)
     for key in [k for k in model if f"model.{k}" in MOVED_KEYS]:
         value = model.pop(key)
-        section, _, name = MOVED_KEYS[f"model.{key}"].split(".")
+        _, section, name = MOVED_KEYS[f"model.{key}"].split(".")
         (aux if section == "aux" else mix)[name] = value
-    weights, lam = mix.pop("loss_weights", None), mix.get("lam", 0.5)
-    sensors = mix.get("sensors", MixConfig().sensors)
-    if weights is None:  # the old rule: lambda for two sensors, equal weights for more
-        weights = [1.0 - lam, lam] if len(sensors) == 2 else [1.0 / len(sensors)] * len(sensors)
-    lam = 1.0 - weights[0]
-    if not (2 <= len(sensors) == len(weights) and math.isclose(sum(weights), 1.0)
-            and all(math.isclose(w, lam / (len(sensors) - 1)) for w in weights[1:])):
-        raise ValueError(f"{source}: MixMAE loss weights {weights} of this run cannot be written as "
-                         "model.mix.lam (1 - lam for the first sensor, lam shared by the others)")
+    lam, sensors = mix.get("lam", 0.5), mix.get("sensors", MixConfig().sensors)
+    if weights is None and len(sensors) > 2:  # the old rule: lambda for two sensors, equal weights for more
+        weights = [1.0 / len(sensors)] * len(sensors)
+    if weights is not None:
+        lam = sum(weights[1:])
+        if not (2 <= len(sensors) == len(weights) and math.isclose(sum(weights), 1.0)
+                and all(math.isclose(w, lam / (len(sensors) - 1)) for w in weights[1:])):
+            raise ValueError(f"{source}: MixMAE loss weights {weights} of this run cannot be written as "
+                             "model.mix.lam (1 - lam for the first sensor, lam shared by the others)")
     mix["lam"] = lam
     return {**saved, "model": {**model, "aux": aux, "mix": mix}}

@@ -126,17 +126,18 @@ def _given_keys(args: Sequence[str], moved: Mapping[str, str]) -> Iterator[tuple
         if name != "config" and name not in sections:
             continue
         value = value or (args[i + 1] if i + 1 < len(args) else "")
-        source = value if Path(value).is_file() else "the command line"
-        try:
-            data = yaml.safe_load(Path(value).read_text() if source == value else value)
+        try:  # a file, or YAML given inline
+            is_file = Path(value).is_file()
+            data = yaml.safe_load(Path(value).read_text() if is_file else value)
         except (OSError, yaml.YAMLError):  # jsonargparse reports unreadable files
             continue
         prefix = "" if name == "config" else name + "."
         for key in _dotted(data, prefix):
-            yield key, source
+            yield key, value if is_file else "the command line"
 
 
 def _dotted(data: Any, prefix: str = "") -> Iterator[str]:
+    """Every key of nested mappings as a dotted path (``model``, ``model.mix_lambda``, ...)."""
     if isinstance(data, dict):
         for key, value in data.items():
             yield f"{prefix}{key}"
@@ -163,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = root.parse_args(args)  # exits with a message on a bad or unknown option
         cmd = COMMANDS[ns.command]
         cfg = _config(cmd, root.instantiate(ns)[cmd.name])
-        cmd.config(**cfg) if cmd.run is None else cmd.run(cfg)
+        if cmd.run is None:  # a typed function: the config is its keyword arguments
+            cmd.config(**cfg)
+        else:
+            cmd.run(cfg)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"s12mae {cmd.name if cmd else ''}: error: {err}", file=sys.stderr)
         return 2

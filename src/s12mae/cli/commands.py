@@ -140,7 +140,7 @@ class ShardsCommand:
 def shards(cfg: ShardsCommand) -> None:
     from s12mae.shards import shards_cli
 
-    shards_cli(cfg.data, cfg.out, cfg.shards, cfg.layout, cfg.skip_bad, cfg.overwrite)
+    shards_cli(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad, overwrite=cfg.overwrite)
 
 
 @dataclass
@@ -200,7 +200,8 @@ class ImportMaeCommand:
 def import_mae(cfg: ImportMaeCommand) -> None:
     from s12mae.checkpoint_import import import_mae_cli
 
-    import_mae_cli(cfg.checkpoint, Path(cfg.out), cfg.encoder, cfg.decoder, cfg.img_size, cfg.sensor)
+    import_mae_cli(cfg.checkpoint, Path(cfg.out), encoder=cfg.encoder, decoder=cfg.decoder, img_size=cfg.img_size,
+                   sensor=cfg.sensor)
 
 
 @dataclass
