@@ -43,7 +43,7 @@ def build(method: str, encoder: str, decoder: str, img_size: int) -> torch.nn.Mo
     if method == "mae":
         return MAE(enc, "s2_l1c", decoder)
     if method == "auxmae":
-        return AuxMAE(MAE(enc, "s2_l1c", decoder), decoder, "s1_grd", 2)
+        return AuxMAE(MAE(enc, "s2_l1c", decoder), decoder, aux_sensor="s1_grd", aux_channels=2)
     if method == "mixmae":
         from s12mae.methods.mixmae import MixMAE
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from s12mae.config import ModelConfig
+from s12mae.config import MixConfig, ModelConfig
 from s12mae.methods import build_method
 from s12mae.methods.mixmae import MixMAE, random_mixing, split_counts
 from s12mae.models.vit import build_encoder
@@ -74,7 +74,7 @@ def test_each_sensor_loss_covers_exactly_its_unseen_patches():
 
 def test_lambda_weights_the_losses_and_gradients_reach_both_patch_embeddings():
     cfg = tiny_config("unused")
-    cfg.method, cfg.model.mix_lambda = "mixmae", 0.3
+    cfg.method, cfg.model.mix.lam = "mixmae", 0.3
     mix = build_method(cfg)
     assert isinstance(mix, MixMAE)
     assert mix.term_weights("mix") == pytest.approx({"s2_l1c": 0.7, "s1_grd": 0.3})
@@ -86,11 +86,10 @@ def test_lambda_weights_the_losses_and_gradients_reach_both_patch_embeddings():
     for s in mix.sensors:
         assert mix.encoder.patch_embed[s].proj.weight.grad.abs().sum() > 0
         assert mix.decoders[s].pred.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="mix_proportions"):
-        ModelConfig(mix_proportions=[1.0, 0.0])
-    with pytest.raises(ValueError, match="mix_loss_weights"):
-        ModelConfig(mix_sensors=["s2_l1c", "s1_grd", "dem"], mix_loss_weights=[1.0, 1.0])
-    cfg.model.mix_sensors = ["s2_l1c", "radar"]
+    with pytest.raises(ValueError, match="model.mix.proportions"):
+        MixConfig(proportions=[1.0, 0.0])
+    assert MixConfig(sensors=["s2_l1c", "s1_grd", "dem"], lam=0.4).loss_weights() == pytest.approx([0.6, 0.2, 0.2])
+    cfg.model.mix.sensors = ["s2_l1c", "radar"]
     with pytest.raises(KeyError, match="unknown sensor"):
         build_method(cfg)
 
@@ -128,7 +127,7 @@ def test_dropped_positions_count_in_every_loss_and_leave_the_encoder():
 
 
 def test_sensor_embedding_is_off_by_default_changes_outputs_and_folds_into_the_encoder():
-    assert _mix().sensor_embed is None and ModelConfig().mix_sensor_embedding is False
+    assert _mix().sensor_embed is None and ModelConfig().mix.sensor_embedding is False
     batch = _batch()
     plain, emb = _mix(), _mix(sensor_embedding=True)
     emb.load_state_dict(plain.state_dict(), strict=False)

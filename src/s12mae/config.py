@@ -4,10 +4,17 @@ Nested dataclasses with a docstring per field and validation in ``__post_init__`
 YAML files are generated from them by jsonargparse (unknown keys are errors that name the key),
 and the resolved config is saved as ``config.yaml`` in every run folder. Values the paper does
 not give are ours and marked "(ours)".
+
+Settings of one method live in that method's section of ``model`` (``model.aux``, ``model.mix``),
+built by keyword. The flat keys they replaced (``model.mix_lambda``, ...) are errors naming their
+new place (:data:`MOVED_KEYS`); a run folder written before keeps working: its ``config.yaml`` is
+upgraded on read when the run is resumed (:func:`upgrade_saved_config`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -15,7 +22,19 @@ from s12mae.models.decoder import DECODERS
 from s12mae.models.vit import ENCODERS
 from s12mae.simulate import SimulationConfig
 
-__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "ScheduleConfig", "TrainConfig"]
+__all__ = [
+    "MOVED_KEYS",
+    "AuxConfig",
+    "DataConfig",
+    "MixConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "check_moved_keys",
+    "upgrade_saved_config",
+]
 
 
 def _check(cond: bool, message: str) -> None:
@@ -24,8 +43,55 @@ def _check(cond: bool, message: str) -> None:
 
 
 @dataclass
+class AuxConfig:
+    """AuxMAE's auxiliary task: predict another sensor's image from the unmasked input."""
+
+    sensor: str = "s1_grd"
+    """Sensor key of the auxiliary target (the paper's S1)."""
+    target_scale: int = 1
+    """Side of the target image / side of the input image (e.g. 4 for a 2.5 m target from 10 m
+    S2); the data must deliver the target at that size."""
+
+    def __post_init__(self) -> None:
+        _check(self.target_scale >= 1, f"model.aux.target_scale: must be >= 1, got {self.target_scale}")
+
+
+@dataclass
+class MixConfig:
+    """MixMAE: the sensors whose patches are mixed and the weights of their losses."""
+
+    sensors: list[str] = field(default_factory=lambda: ["s2_l1c", "s1_grd"])
+    """Sensor keys whose patches are mixed; the first is the downstream input sensor."""
+    proportions: list[float] | None = None
+    """Relative share of the positions per sensor; ``None`` = equal (the paper's k = L/2)."""
+    lam: float = 0.5
+    """Lambda of equation 1, ``L = lam * L_S1 + (1 - lam) * L_S2``: the loss weight of the second
+    sensor, ``1 - lam`` for the first (the paper's 0.5). With more sensors (ours) the sensors after
+    the first share ``lam`` equally."""
+    drop_ratio: float = 0.0
+    """Fraction of positions no sensor shows, left out of the encoder (ours; 0 = the paper)."""
+    sensor_embedding: bool = False
+    """Add a learned per-sensor vector to each sensor's tokens (ours; the paper is silent)."""
+
+    def __post_init__(self) -> None:
+        n, props = len(self.sensors), self.proportions
+        _check(n >= 2 and len(set(self.sensors)) == n,
+               f"model.mix.sensors: need two or more distinct sensors, got {self.sensors}")
+        _check(props is None or (len(props) == n and min(props) > 0),
+               f"model.mix.proportions: need {n} positive numbers (one per mix sensor), got {props}")
+        _check(0.0 <= self.lam <= 1.0, f"model.mix.lam: must be in [0, 1], got {self.lam}")
+        _check(0.0 <= self.drop_ratio < 1.0, f"model.mix.drop_ratio: must be in [0, 1), got {self.drop_ratio}")
+
+    def loss_weights(self) -> list[float]:
+        """Loss weight per sensor: ``[1 - lam, lam]`` for two sensors (equation 1), else
+        ``1 - lam`` for the first and ``lam / (n - 1)`` for each of the others."""
+        rest = len(self.sensors) - 1
+        return [1.0 - self.lam] + [self.lam / rest] * rest
+
+
+@dataclass
 class ModelConfig:
-    """Encoder, decoders and the masking of the pretraining method."""
+    """Encoder, decoders, the MAE task and the sections of the methods that build on it."""
 
     encoder: str = "vit_base_patch16"
     """Encoder variant, ``vit_{nano,tiny,small,base,large}_patch{8,16}``."""
@@ -34,32 +100,17 @@ class ModelConfig:
     img_size: int = 224
     """Side of the square input in pixels; a multiple of the patch size (ours: the paper gives none)."""
     sensor: str = "s2_l1c"
-    """Sensor key of the masked input (the MAE task)."""
-    aux_sensor: str = "s1_grd"
-    """Sensor key of the auxiliary target that AuxMAE predicts from the unmasked input."""
-    aux_target_scale: int = 1
-    """AuxMAE: side of the target image / side of the input image (e.g. 4 for a 2.5 m target
-    from 10 m S2); the data must deliver the target at that size."""
+    """Sensor key of the masked input of the MAE task (MAE and AuxMAE)."""
     mask_ratio: float = 0.75
     """Fraction of patches hidden from the encoder in the MAE task."""
     norm_pix_loss: bool = False
     """Standardise each target patch by its own mean and variance (MAE option)."""
     drop_path: float = 0.0
     """Stochastic-depth rate of the encoder's last block."""
-    mix_sensors: list[str] = field(default_factory=lambda: ["s2_l1c", "s1_grd"])
-    """MixMAE: sensor keys whose patches are mixed; the first is the downstream input sensor."""
-    mix_proportions: list[float] | None = None
-    """MixMAE: relative share of the positions per sensor; ``None`` = equal (the paper's k = L/2)."""
-    mix_lambda: float = 0.5
-    """MixMAE with two sensors: weight of the second sensor's loss (S1), 1 - lambda for the first
-    (equation 1, the paper's 0.5); used when ``mix_loss_weights`` is ``None``."""
-    mix_loss_weights: list[float] | None = None
-    """MixMAE: loss weight per sensor (any number of sensors); ``None`` = from ``mix_lambda`` for
-    two sensors, equal for more."""
-    mix_drop_ratio: float = 0.0
-    """MixMAE: fraction of positions no sensor shows, left out of the encoder (ours; 0 = paper)."""
-    mix_sensor_embedding: bool = False
-    """MixMAE: add a learned per-sensor vector to each sensor's tokens (ours; the paper is silent)."""
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    """AuxMAE's auxiliary task (read with ``method: auxmae``)."""
+    mix: MixConfig = field(default_factory=MixConfig)
+    """MixMAE's sensors and loss weights (read with ``method: mixmae``)."""
 
     def __post_init__(self) -> None:
         _check(self.encoder in ENCODERS, f"model.encoder: unknown variant {self.encoder!r}; known: {sorted(ENCODERS)}")
@@ -69,21 +120,8 @@ class ModelConfig:
             self.img_size > 0 and self.img_size % p == 0,
             f"model.img_size: {self.img_size} is not divisible by the patch size {p} of {self.encoder}",
         )
-        _check(self.aux_target_scale >= 1, f"model.aux_target_scale: must be >= 1, got {self.aux_target_scale}")
         _check(0.0 < self.mask_ratio < 1.0, f"model.mask_ratio: must be in (0, 1), got {self.mask_ratio}")
         _check(0.0 <= self.drop_path < 1.0, f"model.drop_path: must be in [0, 1), got {self.drop_path}")
-        n, props, weights = len(self.mix_sensors), self.mix_proportions, self.mix_loss_weights
-        _check(n >= 2 and len(set(self.mix_sensors)) == n,
-               f"model.mix_sensors: need two or more distinct sensors, got {self.mix_sensors}")
-        _check(props is None or (len(props) == n and min(props) > 0),
-               f"model.mix_proportions: need {n} positive numbers (one per mix sensor), got {props}")
-        _check(0.0 <= self.mix_lambda <= 1.0, f"model.mix_lambda: must be in [0, 1], got {self.mix_lambda}")
-        _check(weights is None or (len(weights) == n and min(weights) >= 0 and sum(weights) > 0),
-               f"model.mix_loss_weights: need {n} non-negative numbers, not all 0, got {weights}")
-        _check(weights is None or self.mix_lambda == 0.5,
-               "model.mix_lambda and model.mix_loss_weights: set one of them, not both")
-        _check(0.0 <= self.mix_drop_ratio < 1.0,
-               f"model.mix_drop_ratio: must be in [0, 1), got {self.mix_drop_ratio}")
 
 
 @dataclass
@@ -194,8 +232,9 @@ class TrainConfig:
 class PretrainConfig:
     """A pretraining run: method, model, data, optimizer, schedule and loop."""
 
-    method: Literal["mae", "auxmae", "mixmae"] = "mae"
-    """Pretraining method."""
+    method: str = "mae"
+    """Pretraining method, a name in the registry ``s12mae.methods.METHODS`` (``mae``, ``auxmae``,
+    ``mixmae``); the command line offers exactly those."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -204,3 +243,56 @@ class PretrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+MOVED_KEYS: dict[str, str] = {
+    "model.aux_sensor": "model.aux.sensor",
+    "model.aux_target_scale": "model.aux.target_scale",
+    "model.mix_sensors": "model.mix.sensors",
+    "model.mix_proportions": "model.mix.proportions",
+    "model.mix_lambda": "model.mix.lam",
+    "model.mix_loss_weights": "model.mix.lam",
+    "model.mix_drop_ratio": "model.mix.drop_ratio",
+    "model.mix_sensor_embedding": "model.mix.sensor_embedding",
+}
+"""Flat keys of the configs before the per-method sections -> their new place. ``mix_loss_weights``
+has no field of its own any more: ``model.mix.lam`` is the one way to weigh MixMAE's losses."""
+
+
+def check_moved_keys(keys: Iterable[str], source: str) -> None:
+    """One error naming the new place of every old flat key among ``keys`` (dotted, e.g.
+    ``model.mix_lambda``) read from ``source`` (a file or "the command line")."""
+    moved = [f"{k} is now {MOVED_KEYS[k]}" for k in dict.fromkeys(keys) if k in MOVED_KEYS]
+    if moved:
+        raise ValueError(f"{source}: {'; '.join(moved)} (MixMAE's and AuxMAE's settings have their own "
+                         "sections, model.mix and model.aux; see configs/)")
+
+
+def upgrade_saved_config(saved: dict[str, Any], source: str) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` written before the per-method sections, in today's layout.
+
+    Old flat ``model.aux_*`` / ``model.mix_*`` keys move into ``model.aux`` / ``model.mix``; MixMAE's
+    loss weights (``mix_lambda``, or ``mix_loss_weights``) become the ``lam`` that gives the same
+    weights, and weights no ``lam`` gives are an error naming ``source``. A config without old keys
+    is returned unchanged.
+    """
+    model = dict(saved.get("model") or {})
+    if not any(f"model.{k}" in MOVED_KEYS for k in model):
+        return saved
+    aux, mix = dict(model.get("aux") or {}), dict(model.get("mix") or {})
+    weights = model.pop("mix_loss_weights", None)
+    for key in [k for k in model if f"model.{k}" in MOVED_KEYS]:
+        value = model.pop(key)
+        _, section, name = MOVED_KEYS[f"model.{key}"].split(".")
+        (aux if section == "aux" else mix)[name] = value
+    lam, sensors = mix.get("lam", 0.5), mix.get("sensors", MixConfig().sensors)
+    if weights is None and len(sensors) > 2:  # the old rule: lambda for two sensors, equal weights for more
+        weights = [1.0 / len(sensors)] * len(sensors)
+    if weights is not None:
+        lam = sum(weights[1:])
+        if not (2 <= len(sensors) == len(weights) and math.isclose(sum(weights), 1.0)
+                and all(math.isclose(w, lam / (len(sensors) - 1)) for w in weights[1:])):
+            raise ValueError(f"{source}: MixMAE loss weights {weights} of this run cannot be written as "
+                             "model.mix.lam (1 - lam for the first sensor, lam shared by the others)")
+    mix["lam"] = lam
+    return {**saved, "model": {**model, "aux": aux, "mix": mix}}

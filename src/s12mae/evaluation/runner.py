@@ -33,6 +33,7 @@ from s12mae.evaluation.tasks import EvalTask, build_task, describe
 from s12mae.models.vit import ENCODERS, ViTEncoder, build_encoder
 from s12mae.sensors import get_sensor
 from s12mae.files import atomic_write
+from s12mae.runtime import autocast_context, no_decay_names, resolve_device, set_lr
 from s12mae.train.optim import lr_at
 
 __all__ = ["build_model", "evaluate", "fit", "load_eval_encoder", "param_groups", "run_evaluation"]
@@ -90,17 +91,13 @@ def param_groups(model: EvalModel, weight_decay: float, layer_decay: float = 1.0
     decay. Frozen parameters are left out.
     """
     depth = len(model.encoder.blocks)
-    skip: set[str] = set()
-    for prefix, module in model.named_modules():
-        hook = getattr(module, "no_weight_decay", None)
-        if callable(hook):
-            skip |= {f"{prefix}.{n}" if prefix else n for n in hook()}
+    skip = no_decay_names(model)
     groups: dict[tuple[int, float], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         layer = _layer_id(name, depth)
-        wd = 0.0 if p.ndim < 2 or name in skip else weight_decay
+        wd = 0.0 if name in skip else weight_decay
         group = groups.setdefault((layer, wd), {"params": [], "names": [], "weight_decay": wd, "layer": layer,
                                                  "lr_scale": layer_decay ** (depth + 1 - layer)})
         group["params"].append(p)
@@ -133,13 +130,6 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _device(cfg: EvalConfig) -> torch.device:
-    want = cfg.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(want)
-
-
 def fit(cfg: EvalConfig, task: EvalTask, model: EvalModel, device: torch.device | None = None,
         autocast: Any = None) -> list[dict[str, float]]:
     """Train ``model``'s trainable parameters for ``cfg.steps`` steps; returns one record per step.
@@ -170,8 +160,7 @@ def fit(cfg: EvalConfig, task: EvalTask, model: EvalModel, device: torch.device 
         max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         lr = lr_at(step, cfg.steps, cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+        set_lr(optimizer, lr)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         record = {"step": step, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)}
@@ -233,9 +222,8 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
         task = build_task(cfg.task, cfg.data)
     if task.name != cfg.task:
         raise ValueError(f"config names task {cfg.task!r} but the given task is {task.name!r}")
-    device = _device(cfg)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    device = resolve_device(cfg.device)
+    autocast = autocast_context(device, cfg.precision)
     model = build_model(cfg, task).to(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

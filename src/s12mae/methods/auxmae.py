@@ -47,6 +47,7 @@ class AuxMAE(nn.Module):
         self,
         mae: MAE,
         decoder: str = "vitlite_512d6b",
+        *,
         aux_sensor: str = "s1_grd",
         aux_channels: int = 2,
         target_scale: int = 1,

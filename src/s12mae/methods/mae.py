@@ -90,6 +90,7 @@ class MAE(nn.Module):
         encoder: ViTEncoder,
         sensor: str = "s2_l1c",
         decoder: str = "vitlite_512d6b",
+        *,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = False,
         seed: int = 0,

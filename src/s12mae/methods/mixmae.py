@@ -113,6 +113,7 @@ class MixMAE(nn.Module):
         encoder: ViTEncoder,
         sensors: Sequence[str] = ("s2_l1c", "s1_grd"),
         decoder: str = "vitlite_512d6b",
+        *,
         proportions: Sequence[float] | None = None,
         loss_weights: Sequence[float] | None = None,
         drop_ratio: float = 0.0,

@@ -22,22 +22,22 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import default_collate
 import yaml
 from torch import nn
+from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from s12mae.config import PretrainConfig
+from s12mae.config import PretrainConfig, upgrade_saved_config
 from s12mae.data import ArrayDataset, available_rows, load_arrays, sensor_specs, task_loader
-from s12mae.methods import build_method
 from s12mae.files import atomic_write
+from s12mae.methods import build_method
+from s12mae.runtime import autocast_context, resolve_device, set_lr
 from s12mae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from s12mae.train.optim import build_optimizer, lr_at
 from s12mae.train.schedule import TaskSchedule
@@ -67,18 +67,14 @@ def _setup(cfg: PretrainConfig) -> _Dist:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want = cfg.train.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if want.startswith("cuda"):
-            torch.cuda.set_device(local)
-            want = f"cuda:{local}"
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if want.startswith("cuda") else "gloo")
-        return _Dist(dist.get_rank(), dist.get_world_size(), torch.device(want))
-    return _Dist(0, 1, torch.device(want))
+    if world == 1:
+        return _Dist(0, 1, resolve_device(cfg.train.device))
+    device = resolve_device(cfg.train.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), device)
 
 
 def _all_reduce(t: torch.Tensor, d: _Dist) -> torch.Tensor:
@@ -233,11 +229,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_resumable(run_dir: Path, cfg: PretrainConfig, start: int) -> None:
-    """A resumed run must keep the saved config but for the keys in ``_RESUME_MAY_CHANGE``."""
+    """A resumed run must keep the saved config but for the keys in ``_RESUME_MAY_CHANGE``.
+
+    A ``config.yaml`` written before the per-method sections (flat ``model.mix_*``/``model.aux_*``
+    keys) is upgraded on read and compared in today's layout; the resumed run rewrites it so.
+    """
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    saved = _flatten(upgrade_saved_config(yaml.safe_load(saved_path.read_text()) or {}, str(saved_path)))
     now = _flatten(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUME_MAY_CHANGE)
     if changed:
@@ -306,8 +306,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     data = _task_data(cfg, method, d, micro, steps_of)
     loaders = {task: td.loader for task, td in data.items()}
     params = [p for p in method.parameters() if p.requires_grad]
-    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    autocast = autocast_context(d.device, cfg.train.precision)
 
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
@@ -345,8 +344,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
         lr = lr_at(step, cfg.train.steps, cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

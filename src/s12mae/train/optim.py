@@ -8,26 +8,18 @@ import torch
 from torch import nn
 
 from s12mae.config import OptimConfig
+from s12mae.runtime import no_decay_names
 
 __all__ = ["build_optimizer", "lr_at"]
 
 
-def _no_decay_names(model: nn.Module) -> set[str]:
-    names: set[str] = set()
-    for prefix, module in model.named_modules():
-        hook = getattr(module, "no_weight_decay", None)
-        if callable(hook):
-            names |= {f"{prefix}.{n}" if prefix else n for n in hook()}
-    return names
-
-
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adafactor or AdamW; biases, norms and tokens get no weight decay."""
-    skip = _no_decay_names(model)
+    skip = no_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+            (no_decay if name in skip else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
