@@ -14,7 +14,7 @@ from conftest import shared
 from s12mae.layouts import open_layout
 from s12mae.pairing import load_items, pair_cli
 from s12mae.paths import absolute, is_url, resolve, resolve_column
-from s12mae.shards import ShardConfig, read_samples, shards_cli
+from s12mae.shards import ShardConfig, read_samples, write_shard_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +56,7 @@ def test_pair_relative_input_then_read_and_shard_from_another_directory(tmp_path
     assert sample["s1_grd"].shape == (2, 264, 264)
     assert all(Path(f).is_absolute() for files in sample["meta"]["files"].values() for f in files)
     cfg = ShardConfig(sensors=["s2_l1c", "s1_grd"], crop="grid", chip_size=132, chips_per_shard=8)
-    manifest = shards_cli(pairs, "set", cfg, "pairs")
+    manifest = write_shard_set(pairs, "set", cfg, "pairs")
     assert manifest["num_samples"] == 4 and len(list(read_samples(second / "set"))) == 4
     s2_all = open_layout("s2-all", pairs)
     assert len(s2_all) == 2

@@ -138,9 +138,9 @@ class ShardsCommand:
 
 
 def shards(cfg: ShardsCommand) -> None:
-    from s12mae.shards import shards_cli
+    from s12mae.shards import write_shard_set
 
-    shards_cli(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad, overwrite=cfg.overwrite)
+    write_shard_set(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad, overwrite=cfg.overwrite)
 
 
 @dataclass

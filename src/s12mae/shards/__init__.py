@@ -26,12 +26,10 @@ __all__ = [
     "read_samples",
     "resume_epoch",
     "shard_loader",
-    "shards_cli",
     "simulated_samples",
     "write_shard_set",
     "write_shards",
 ]
 
-shards_cli = write_shard_set
 """The former name of :func:`write_shard_set`, kept while ``cli.py`` and ``tests/test_layouts.py``
 call it (issue 9 renames those callers)."""

@@ -38,6 +38,7 @@ from s12mae.data import ArrayDataset, available_rows, load_arrays, sensor_specs,
 from s12mae.files import atomic_write
 from s12mae.methods import build_method
 from s12mae.runtime import autocast_context, resolve_device, set_lr
+from s12mae.shards import is_shard_set
 from s12mae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from s12mae.train.optim import build_optimizer, lr_at
 from s12mae.train.schedule import TaskSchedule
@@ -103,27 +104,12 @@ def _all_reduce_grads(params: Sequence[nn.Parameter], d: _Dist, bucket_bytes: in
             bucket, size = [], 0
 
 
-def _check_finite(batch: dict[str, torch.Tensor], sensors: Sequence[str]) -> None:
-    for key in sensors:
-        ok = torch.isfinite(batch[key]).flatten(1).all(1)
-        if not bool(ok.all()):
-            bad = batch["index"][~ok].tolist()
-            raise ValueError(
-                f"non-finite values in {key} of sample(s) {bad[:10]}; "
-                "fix the data or set data.nodata=mask"
-            )
-
-
 @dataclass
 class _TaskData:
     """A task's micro-batch stream and a few samples for its picture."""
 
     loader: Any
     preview: Callable[[int], dict[str, torch.Tensor]]
-
-
-def _is_shard_set(path: str | None) -> bool:
-    return path is not None and (Path(path) / "shards.json").is_file()
 
 
 def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
@@ -133,7 +119,7 @@ def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
     datasets = {}
     for task in method.tasks:
         path = _task_path(cfg, task)
-        if _is_shard_set(path):
+        if is_shard_set(path):
             continue
         if path not in cache:
             if path is not None:
@@ -324,8 +310,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         t0 = time.perf_counter()
         task = schedule.task_at(step)
         batches = [next(loaders[task]) for _ in range(accum)]  # on the CPU until their forward
-        for b in batches:
-            _check_finite(b, method.task_sensors(task))
         weights = method.term_weights(task)
         counts = [method.denominators(b, task, step) for b in batches]  # masks only: cheap on the CPU
         dens = torch.stack([torch.stack([c[t].float() for t in weights]) for c in counts]).sum(0)
