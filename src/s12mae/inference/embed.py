@@ -188,7 +188,7 @@ def embed_scene(cfg: EmbedConfig) -> dict[str, Any]:
 
 
 def strip_batches(scene: Scene, strip: list[Tile], batch_size: int) -> Iterator[tuple[list[Tile], np.ndarray, np.ndarray]]:
-    """The tiles of one strip in batches: ``(tiles, x (N, C, h, w) standardised, valid (N, h, w))``.
+    """The tiles of one strip in batches: ``(tiles, x (N, C, h, w) standardised, valid (N, C, h, w))``.
 
     The strip is read once (one window per file), then cut into tiles.
     """
@@ -198,7 +198,7 @@ def strip_batches(scene: Scene, strip: list[Tile], batch_size: int) -> Iterator[
     for i in range(0, len(strip), batch_size):
         tiles = strip[i : i + batch_size]
         xs = np.stack([x[:, :, t.col - left : t.col - left + t.width] for t in tiles])
-        vs = np.stack([valid[:, t.col - left : t.col - left + t.width] for t in tiles])
+        vs = np.stack([valid[:, :, t.col - left : t.col - left + t.width] for t in tiles])
         yield tiles, xs, vs
 
 
@@ -208,7 +208,7 @@ def _dense(scene: Scene, encoder: ViTEncoder, strips: list[list[Tile]], sensor: 
     weights = None
     for k, strip in enumerate(strips):
         for batch, x, valid in strip_batches(scene, strip, batch_size):
-            feats, tok_valid = _encode(encoder, x, sensor, device, bf16), _token_valid(valid, p)
+            feats, tok_valid = _encode(encoder, x, sensor, device, bf16), _token_valid(valid.any(1), p)
             weights = weights if weights is not None and weights.shape == feats.shape[-2:] else \
                 border_weights(*feats.shape[-2:])
             for t, f, v in zip(batch, feats, tok_valid):
@@ -222,7 +222,8 @@ def _pooled(scene: Scene, encoder: ViTEncoder, strips: list[list[Tile]], sensor:
     p, (h, w) = encoder.patch_size, (scene.grid.height, scene.grid.width)
     rows = []
     for strip in strips:
-        for batch, x, valid in strip_batches(scene, strip, batch_size):
+        for batch, x, bands_valid in strip_batches(scene, strip, batch_size):
+            valid = bands_valid.any(1)  # (N, h, w): a pixel with any band
             feats, tok_valid = _encode(encoder, x, sensor, device, bf16), _token_valid(valid, p)
             for t, f, v, pix in zip(batch, feats, tok_valid, valid):
                 th, tw = min(t.height, h - t.row), min(t.width, w - t.col)  # the part inside the scene

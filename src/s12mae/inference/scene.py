@@ -139,11 +139,11 @@ class Scene:
         return out
 
     def read_standardised(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Window as encoder input: standardised ``(C, h, w)`` with nodata 0 (the band mean, as in
-        training and evaluation), and ``(h, w)`` True where any band has data."""
+        """Window as model input: standardised ``(C, h, w)`` with nodata 0 (the band mean, as in
+        training and evaluation), and ``(C, h, w)`` True where a band has data."""
         x = self.sensor.standardise(torch.from_numpy(self.read(row, col, height, width))).numpy()
         finite = np.isfinite(x)
-        return np.where(finite, x, 0.0).astype(np.float32), finite.any(0)
+        return np.where(finite, x, 0.0).astype(np.float32), finite
 
 
 def _stack_bands(ds: rasterio.io.DatasetReader, path: Path, sensor: SensorInfo) -> list[int]:
