@@ -11,9 +11,9 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from conftest import shared
 from shapely import wkb
 
-from conftest import shared
 from s12mae.export import encoder_info, save_encoder
 from s12mae.inference.embed import EmbedConfig, embed_scene
 from s12mae.inference.scene import open_scene
@@ -204,7 +204,7 @@ def test_s1_scene_uses_the_s1_patch_embedding(enc, tmp_path, one_thread):
 
 def test_bad_inputs_are_one_clear_error_and_leave_nothing(enc, scene, tmp_path):
     path, _ = enc
-    run = lambda **kw: embed_scene(EmbedConfig(**{"scene": str(scene), "checkpoint": str(path),  # noqa: E731
+    run = lambda **kw: embed_scene(EmbedConfig(**{"scene": str(scene), "checkpoint": str(path),
                                                   "out": str(tmp_path / "o.tif"), "progress": False, **kw}))
     twelve = _write(tmp_path / "twelve.tif", np.ones((12, 16, 16), np.int16))
     with pytest.raises(ValueError, match=r"twelve.tif: has 12 band\(s\), but the s2_l1c encoder expects 13"):

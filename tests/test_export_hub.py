@@ -9,15 +9,15 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from s12mae.export import ExportConfig, export_encoder, save_encoder
 from s12mae.models.vit import build_encoder
 
 pytest.importorskip("huggingface_hub", reason="the [hub] extra (huggingface_hub) is not installed")
 
-from s12mae.integrations.hub import S12MAEEncoder, push_folder  # noqa: E402
+from s12mae.integrations.hub import S12MAEEncoder, push_folder
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 from torch import nn
 
-from conftest import tiny_config
 from s12mae.export import ExportConfig, export_encoder, save_encoder
 from s12mae.integrations.backbone import S12MAEBackbone
 from s12mae.models.vit import build_encoder

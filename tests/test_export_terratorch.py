@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from s12mae.export import save_encoder
 from s12mae.models.vit import build_encoder
 
 pytest.importorskip("terratorch", reason="the [terratorch] extra (terratorch<=1.2.11) is not installed")
 
-import s12mae.integrations.terratorch  # noqa: E402,F401  (registers the backbone)
-from terratorch.models import EncoderDecoderFactory  # noqa: E402
-from terratorch.registry import BACKBONE_REGISTRY  # noqa: E402
+from terratorch.models import EncoderDecoderFactory
+from terratorch.registry import BACKBONE_REGISTRY
+
+import s12mae.integrations.terratorch  # noqa: F401  (registers the backbone)
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import timm
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from s12mae.export import (
     ExportConfig,
     check_inputs,

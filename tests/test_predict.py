@@ -14,9 +14,9 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from conftest import shared
 from safetensors.torch import load_file
 
-from conftest import shared
 from s12mae.evaluation import EvalConfig, EvalDataConfig, HeadConfig, run_evaluation
 from s12mae.export import save_encoder
 from s12mae.inference.eval_model import load_eval_model
@@ -44,6 +44,15 @@ def _evaluate(ckpt, out, task, folder, scenario="frozen"):
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_module():
+    """One intra-op thread for the whole module (design note 12), the module-scoped ``one_thread``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def floods(tmp_path_factory):
     root = tmp_path_factory.mktemp("floods")
@@ -53,7 +62,7 @@ def floods(tmp_path_factory):
 
 
 def test_evaluate_saves_the_head_with_its_encoder_reference(floods):
-    ckpt, run, _ = floods
+    _, run, _ = floods
     spec = json.loads((run / "eval_model.json").read_text())
     assert spec["encoder"]["weights"] == "reference" and spec["encoder"]["checkpoint"].endswith("encoder.safetensors")
     assert spec["task"]["classes"] == ["background", "water"] and spec["plan"]["task_size"] == [512, 512]
@@ -65,7 +74,7 @@ def test_evaluate_saves_the_head_with_its_encoder_reference(floods):
 
 def test_water_mask_on_the_sen1floods11_scene(floods, tmp_path):
     """One tile: the mask is exactly the argmax of the evaluation model on the task's own input."""
-    ckpt, run, folder = floods
+    _, run, folder = floods
     out = tmp_path / "water.tif"
     summary = predict_scene(PredictConfig(scene=str(folder / S2), model=str(run), out=str(out), progress=False))
     with rasterio.open(out) as ds, rasterio.open(folder / S2) as src:

@@ -17,8 +17,8 @@ from logging import Logger
 from pathlib import Path
 
 import torch
-
 from pangaea.encoders.base import Encoder
+
 from s12mae.export.encoder_file import check_inputs
 from s12mae.export.folder import load_any_encoder
 from s12mae.export.pangaea import modality_of

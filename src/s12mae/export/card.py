@@ -94,22 +94,22 @@ def model_card(info: EncoderInfo, sensor_key: str) -> str:
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# s12mae {info.method} encoder: {info.encoder}, {s.key}", "",
-        f"A ViT encoder pretrained with **{_METHODS.get(info.method, info.method)}** by s12mae "
-        "(self-supervised Sentinel-1/2 pretraining).", "",
+        (f"A ViT encoder pretrained with **{_METHODS.get(info.method, info.method)}** by s12mae "
+         "(self-supervised Sentinel-1/2 pretraining)."), "",
         "## Model", "",
-        f"- Architecture: {info.encoder} (width {info.embed_dim}, depth {info.depth}, {info.num_heads} heads, "
-        f"patch {info.patch_size}), trained at {info.img_size} x {info.img_size} px",
+        (f"- Architecture: {info.encoder} (width {info.embed_dim}, depth {info.depth}, {info.num_heads} heads, "
+         f"patch {info.patch_size}), trained at {info.img_size} x {info.img_size} px"),
         f"- Sensor of this export: `{s.key}`; encoder sensors: {list(info.sensors)}",
         "- Output: tokens `(N, 1 + L, D)` (class token first); pooled feature = mean of the normed patch tokens",
         "", "## Training", "",
         f"- Method: {info.method}",
         f"- Data: {data}",
-        f"- Steps: {train.get('steps', 'unknown')}, batch {train.get('batch_size', 'unknown')}, optimizer "
-        f"{optim.get('name', 'unknown')} (lr {optim.get('lr', 'unknown')}), seed {train.get('seed', 'unknown')}",
+        (f"- Steps: {train.get('steps', 'unknown')}, batch {train.get('batch_size', 'unknown')}, optimizer "
+         f"{optim.get('name', 'unknown')} (lr {optim.get('lr', 'unknown')}), seed {train.get('seed', 'unknown')}"),
         "", "## Input", "",
-        f"Bands in this order, in **{s.units}** (files holding DN: units = DN x {s.dn_scale:g} + {s.dn_offset:g}; "
-        "Sentinel-2 processing baseline >= 04.00 files first lose their +1000 DN offset). Standardise each band: "
-        "`(x - mean) / std`.", "",
+        (f"Bands in this order, in **{s.units}** (files holding DN: units = DN x {s.dn_scale:g} + {s.dn_offset:g}; "
+         "Sentinel-2 processing baseline >= 04.00 files first lose their +1000 DN offset). Standardise each band: "
+         "`(x - mean) / std`."), "",
         f"Statistics: {s.stats_source or 'unknown source'}", "",
         "| channel | band | mean | std |", "|---|---|---|---|", rows,
         "", "## Limits", "", *[f"- {item}" for item in limits(info, s)],

@@ -44,7 +44,7 @@ def check_out_path(out: str, allowed: Sequence[str], overwrite: bool, what: str)
 
 @contextlib.contextmanager
 def raster_writer(path: Path, crs: CRS | None, transform: Affine, height: int, width: int, count: int,
-                  dtype: str, nodata: float | int, descriptions: Sequence[str] | None = None,
+                  dtype: str, nodata: float, descriptions: Sequence[str] | None = None,
                   tags: dict[str, Any] | None = None) -> Iterator[Writer]:
     """Yield ``write(row0, data (count, rows, width))``; the file appears only if the block succeeds.
 
@@ -57,8 +57,8 @@ def raster_writer(path: Path, crs: CRS | None, transform: Affine, height: int, w
             yield w
         return
     with atomic_path(path) as tmp:
-        profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, crs=crs,
-                       transform=transform, nodata=nodata, BIGTIFF="IF_SAFER")
+        profile = {"driver": "GTiff", "height": height, "width": width, "count": count, "dtype": dtype, "crs": crs,
+                   "transform": transform, "nodata": nodata, "BIGTIFF": "IF_SAFER"}
         with rasterio.open(tmp, "w", **profile) as ds:
             if descriptions:
                 ds.descriptions = tuple(descriptions)
@@ -70,7 +70,7 @@ def raster_writer(path: Path, crs: CRS | None, transform: Affine, height: int, w
 
 @contextlib.contextmanager
 def _zarr_writer(path: Path, crs: CRS | None, transform: Affine, height: int, width: int, count: int,
-                 dtype: str, nodata: float | int, descriptions: Sequence[str] | None,
+                 dtype: str, nodata: float, descriptions: Sequence[str] | None,
                  tags: dict[str, Any] | None) -> Iterator[Writer]:
     try:
         import zarr

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import rasterio
@@ -79,7 +79,7 @@ class Scene:
         self.offsets = {"dn": [b.offset_dn for b in bands], "rule": rule}
         self._handles: dict[Path, Any] = {}
 
-    def __enter__(self) -> Scene:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -171,7 +171,8 @@ def _find_item(scene: Path, sensor: SensorInfo, layout: str | None, item_id: str
 
     reader = open_layout(layout, scene, sensors=[sensor.key])
     if not isinstance(reader, RasterReader):
-        raise ValueError(f"layout {layout!r} has no scene files to read window by window; use a reader layout")
+        raise ValueError(  # noqa: TRY004  (a bad option value, reported like every other one)
+            f"layout {layout!r} has no scene files to read window by window; use a reader layout")
     items = reader.items()
     if item_id is not None:
         items = [it for it in items if it.id == item_id or it.id.split("/")[-1] == item_id]
