@@ -37,7 +37,8 @@ class ExportConfig:
     """Replace an existing ``out`` folder (otherwise it is an error)."""
     push_to: str | None = None
     """``hf`` only: also upload the folder to this Hugging Face Hub repository (``user/name``;
-    needs ``huggingface_hub`` and a login)."""
+    needs ``huggingface_hub`` and a login); with ``sensor=all`` one repository per sensor,
+    ``user/name-<sensor>``."""
     quiet: bool = False
     """Print nothing."""
 

@@ -67,15 +67,15 @@ class Blender:
                  sink: Callable[[int, np.ndarray, np.ndarray], None]) -> None:
         self.height, self.width, self.channels, self.sink = height, width, channels, sink
         self.top = 0  # first output row not yet handed to the sink
-        self.num = np.zeros((channels, 0, width), dtype=np.float64)
-        self.den = np.zeros((0, width), dtype=np.float64)
+        self.num = np.zeros((channels, 0, width), dtype=np.float32)
+        self.den = np.zeros((0, width), dtype=np.float32)
         self.valid = np.zeros((0, width), dtype=bool)
 
     def _reach(self, bottom: int) -> None:
         extra = bottom - (self.top + self.den.shape[0])
         if extra > 0:
-            self.num = np.concatenate([self.num, np.zeros((self.channels, extra, self.width))], axis=1)
-            self.den = np.concatenate([self.den, np.zeros((extra, self.width))], axis=0)
+            self.num = np.concatenate([self.num, np.zeros((self.channels, extra, self.width), np.float32)], axis=1)
+            self.den = np.concatenate([self.den, np.zeros((extra, self.width), np.float32)], axis=0)
             self.valid = np.concatenate([self.valid, np.zeros((extra, self.width), dtype=bool)], axis=0)
 
     def add(self, row: int, col: int, values: np.ndarray, weights: np.ndarray, valid: np.ndarray) -> None:
