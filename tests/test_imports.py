@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("datasets and statistics", {"data", "stats"}),
     ("configs, methods, exports", {"config", "runtime", "methods", "export", "viz"}),
     ("training and evaluation", {"train", "evaluation", "checkpoint_import"}),
+    ("encoders at work", {"inference", "integrations"}),
     ("entry points", {"cli", "demo", "info", "__main__"}),
 ]
 """Bottom to top. A module may import from its own layer or a lower one, never from a higher one

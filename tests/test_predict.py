@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from s12mae.evaluation import EvalConfig, EvalDataConfig, HeadConfig, run_evaluation
 from s12mae.export import save_encoder
-from s12mae.inference.eval_model import load_eval_model
+from s12mae.evaluation.saved_model import load_eval_model
 from s12mae.inference.predict import NODATA_CLASS, PredictConfig, predict_scene
 from s12mae.models.vit import build_encoder
 from s12mae.readers import BigEarthNetV1Reader

@@ -22,6 +22,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsin
 from s12mae.cli import commands as c
 from s12mae.config import MOVED_KEYS, PretrainConfig, check_moved_keys
 from s12mae.evaluation import EvalConfig, table
+from s12mae.export import ExportConfig, export_encoder
+from s12mae.inference.embed import EmbedConfig, embed_scene
+from s12mae.inference.predict import PredictConfig, predict_scene
 
 __all__ = ["COMMANDS", "Command", "build_parser", "config_from_namespace", "main", "pretrain_parser"]
 
@@ -62,6 +65,12 @@ COMMANDS: dict[str, Command] = {cmd.name: cmd for cmd in (
             EvalConfig, c.evaluate, config_file=True),
     Command("table", "Table 2: methods x scenarios x tasks x seeds, mean +- std, Markdown and CSV.",
             table, config_file=True),
+    Command("export", "Export an encoder for timm, the Hugging Face Hub or PANGAEA (weights, config, model card).",
+            ExportConfig, export_encoder, config_file=True),
+    Command("embed", "Patch embeddings of a whole scene (GeoTIFF, Zarr, or one vector per tile to Parquet).",
+            EmbedConfig, embed_scene, positional=("scene",), config_file=True),
+    Command("predict", "Apply a trained evaluation head to a whole scene (water mask, class probabilities).",
+            PredictConfig, predict_scene, positional=("scene",), config_file=True),
     Command("demo", "Simulate data and pretrain every method on CPU in minutes (a smoke check).",
             c.DemoCommand, c.demo),
     Command("info", "Sensors, encoder and decoder variants with parameter counts.", c.InfoCommand, c.info),

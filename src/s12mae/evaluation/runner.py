@@ -230,7 +230,7 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
 
     history = fit(cfg, task, model, device, autocast)
     metrics = _test(cfg, task, model, device, autocast)
-    from s12mae.inference.eval_model import save_eval_model  # the trained head, for `s12mae predict`
+    from s12mae.evaluation.saved_model import save_eval_model  # the trained head, for `s12mae predict`
     save_eval_model(out, model, cfg, task)
 
     plan = model.adapter.plan

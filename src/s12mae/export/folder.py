@@ -149,3 +149,14 @@ def load_any_encoder(path: str | Path) -> tuple[ViTEncoder, EncoderInfo]:
         encoder, info, _ = read_folder(path)
         return encoder, info
     return load_encoder(path), encoder_info(path)
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool | None = None) -> str:
+    """Upload an export folder to the Hub repository ``repo_id`` (created if needed); the commit URL."""
+    from huggingface_hub import HfApi  # the [hub] extra
+
+    read_folder(folder)  # refuse anything that is not a complete export
+    api = HfApi()
+    repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+    return str(api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
+                                 commit_message="Upload s12mae encoder export"))

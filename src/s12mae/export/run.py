@@ -80,7 +80,7 @@ def export_encoder(cfg: ExportConfig) -> list[Path]:
 
                 write_pangaea_config(info, key, final.resolve(), folder / f"pangaea_{key}.yaml")
     if cfg.push_to:
-        from s12mae.integrations.hub import push_folder
+        from s12mae.export.folder import push_folder
 
         for folder in folders:
             push_folder(folder, cfg.push_to if not nested else f"{cfg.push_to}-{folder.name}")

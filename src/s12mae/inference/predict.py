@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from s12mae.evaluation.heads import EvalModel
 from s12mae.inference.embed import resolve_device, strip_batches
-from s12mae.inference.eval_model import input_sensor, load_eval_model
+from s12mae.evaluation.saved_model import input_sensor, load_eval_model
 from s12mae.inference.outputs import check_out_path, raster_writer, write_tile_table
 from s12mae.inference.scene import Scene, open_scene
 from s12mae.inference.tiling import Blender, border_weights, tiles_by_strip

@@ -34,9 +34,9 @@ from s12mae.readers import (
     SensorLayer,
     baseline_offset,
     canonical_band,
-    parse_time,
 )
-from s12mae.readers.base import _TIME_KEYS, OFFSET_SENSORS, read_json
+from s12mae.readers.base import read_json, time_from_tags
+from s12mae.sensors import get_sensor
 
 __all__ = ["Scene", "open_scene"]
 
@@ -209,7 +209,7 @@ def open_scene(scene: str | Path, sensor: SensorInfo, layout: str | None = None,
         raise ValueError(f"{scene}: item {it.id} has no {sensor.key} files; it has {[la.sensor for la in it.layers]}")
     if layout is not None:
         check_inputs(sensor, [canonical_band(b.name) for b in layer.bands], where=str(scene))
-    grid = reader._reference_grid(it)  # the readers' rule: finest file, at 10 m where projected
+    grid = reader.reference_grid(it)  # the readers' rule: finest file, at 10 m where projected
     bands, rule = _bands_with_offsets(layer, sensor, s2_offset)
     return Scene(it.id, grid, sensor, bands, rule)
 
@@ -235,11 +235,10 @@ def _bands_with_offsets(layer: SensorLayer, sensor: SensorInfo, s2_offset: int |
                 raise ValueError(f"{ref.path}: has {ds.count} band(s), no band {ref.index}")
             tags.append({**metadata, **ds.tags(), **ds.tags(ref.index)})
             out.append(_Band(ref.path, ref.index, ds.nodatavals[ref.index - 1], 0.0))
-    if sensor.key not in OFFSET_SENSORS:
+    if not get_sensor(sensor.key).baseline_offset:
         return out, "none"
     every = {k: v for t in tags for k, v in t.items()}
-    time = layer.time or next((parse_time(v) for k, v in every.items()
-                               if str(k).upper() in _TIME_KEYS and parse_time(v)), None)
+    time = layer.time or time_from_tags(every)
     rule = "override"
     for band, t, name in zip(out, tags, sensor.bands):
         if s2_offset is not None:

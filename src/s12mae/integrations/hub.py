@@ -17,10 +17,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelHubMixin, snapshot_download
+from huggingface_hub import ModelHubMixin, snapshot_download
 
 from s12mae.export.encoder_file import EncoderInfo, SensorInfo, check_inputs
-from s12mae.export.folder import CARD, CONFIG, WEIGHTS, read_folder, write_folder
+from s12mae.export.folder import CARD, CONFIG, WEIGHTS, push_folder, read_folder, write_folder
 from s12mae.models.vit import ViTEncoder
 
 __all__ = ["S12MAEEncoder", "push_folder"]
@@ -70,10 +70,3 @@ class S12MAEEncoder(ViTEncoder, ModelHubMixin, library_name="timm", tags=["s12ma
         return cls.from_encoder(encoder, info, sensor.key)
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool | None = None) -> str:
-    """Upload an export folder to the Hub repository ``repo_id`` (created if needed); the commit URL."""
-    read_folder(folder)  # refuse anything that is not a complete export
-    api = HfApi()
-    repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
-    return str(api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
-                                 commit_message="Upload s12mae encoder export"))

@@ -25,7 +25,7 @@ from torch import nn
 
 from s12mae.methods.base import Batch, check_sensor_input, masked_sq_error
 from s12mae.methods.mae import patch_targets
-from s12mae.models.decoder import ViTDecoder, build_decoder
+from s12mae.models.decoder import build_decoder
 from s12mae.models.patches import patchify, unpatchify
 from s12mae.models.vit import ViTEncoder
 from s12mae.rng import keyed_uniform

@@ -66,6 +66,11 @@ _BAND_RE = re.compile(r"^B0?(\d{1,2})(A?)$", re.IGNORECASE)
 _INT16_MAX = np.iinfo(np.int16).max
 
 
+def time_from_tags(tags: Mapping[str, Any]) -> datetime | None:
+    """The acquisition time named by the first time-like tag (``DATETIME``, ``SENSING_TIME``, ...)."""
+    return next((t for k, v in tags.items() if str(k).upper() in _TIME_KEYS and (t := parse_time(v))), None)
+
+
 def canonical_band(name: str) -> str:
     """Layout band name to the canonical one: ``B1`` -> ``B01``, ``b8a`` -> ``B8A``, ``vv`` -> ``VV``."""
     name = name.strip()
@@ -424,7 +429,7 @@ class RasterReader:
             ValueError: a file is missing, unreadable, truncated, has the wrong band count or
                 dtype, or cannot be warped onto the sample grid; the message names the file.
         """
-        grid = self._reference_grid(item)
+        grid = self.reference_grid(item)
         meta: dict[str, Any] = {
             "source": self.source,
             "crs": grid.crs.to_string() if grid.crs is not None else None,
@@ -454,7 +459,7 @@ class RasterReader:
         sample["meta"] = meta
         return sample
 
-    def _reference_grid(self, item: Item) -> Grid:
+    def reference_grid(self, item: Item) -> Grid:
         """The grid of the finest file of the item's first layer, at ``gsd_m`` where projected."""
         if item.layers:
             paths = item.layers[0].files
@@ -498,10 +503,7 @@ class RasterReader:
                     out[pos] = _warp(x, src, grid, resampling, path)
                     band_tags[pos] = {**metadata, **ds.tags(), **ds.tags(index)}
         all_tags = {k: v for tags in band_tags for k, v in tags.items()}
-        time = layer.time or next(
-            (parse_time(v) for k, v in all_tags.items() if str(k).upper() in _TIME_KEYS and parse_time(v)),
-            None,
-        )
+        time = layer.time or time_from_tags(all_tags)
         valid = np.isfinite(out)
         offset = None
         if spec.baseline_offset:
