@@ -59,7 +59,7 @@ def _run(n_s2: int, n_s1: int, args: argparse.Namespace) -> dict:
                   "--seed", str(args.seed), "--threads", str(args.threads)]
         subprocess.run([*common, "--worker", "generate"], check=True)
         cap = ["--cap_gb", str(args.cap_gb)] if args.cap_gb else []
-        done = subprocess.run([*common, "--worker", "pair", *cap], capture_output=True, text=True)
+        done = subprocess.run([*common, "--worker", "pair", *cap], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             return {"n_s2": n_s2, "n_s1": n_s1, "failed": done.stderr.strip().splitlines()[-1:]}
         return {"n_s2": n_s2, "n_s1": n_s1, **json.loads(done.stdout.strip().splitlines()[-1])}
