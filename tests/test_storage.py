@@ -71,6 +71,18 @@ def test_local_files_write_atomically(tmp_path):
         storage.write_bytes("https://example.org/x", b"1")
 
 
+def test_other_file_systems_write_a_temporary_and_move_it():
+    """fsspec's in-memory file system stands for any non-object store (no atomic upload)."""
+    base = "memory://s12mae-test-" + os.urandom(4).hex()
+    storage.write_bytes(f"{base}/a.bin", b"abc")
+    with pytest.raises(RuntimeError), storage.atomic_open(f"{base}/b.bin") as f:
+        f.write(b"partial")
+        raise RuntimeError("writer died")
+    fs, path = storage.filesystem(base)
+    assert [p.rsplit("/", 1)[1] for p in fs.ls(path, detail=False)] == ["a.bin"]  # no target, no temporary
+    assert storage.read_bytes(f"{base}/a.bin") == b"abc"
+
+
 # -- a real S3 endpoint --------------------------------------------------------------------------
 
 

@@ -133,9 +133,8 @@ def _local(location: str | os.PathLike[str]) -> Path | None:
 
 def join(base: str | os.PathLike[str], *parts: str) -> str:
     """``base / part / ...`` for paths and URLs alike (URLs join with ``/``)."""
-    local = _local(base) if not is_url(base) else None
-    if local is not None:
-        return str(local.joinpath(*parts))
+    if not is_url(base):
+        return str(Path(base).joinpath(*parts))
     return posixpath.join(str(base).rstrip("/"), *parts)
 
 
@@ -365,12 +364,13 @@ def atomic_open(location: str | os.PathLike[str], **open_options: Any) -> Iterat
 def _discard(f: Any, fs: Any, target: str, direct: bool) -> None:
     """Drop an unfinished write without publishing it."""
     with contextlib.suppress(Exception):
-        if hasattr(f, "discard"):
-            f.discard()  # fsspec buffered files: abort the multipart upload, publish nothing
+        if direct and hasattr(f, "discard"):
+            f.discard()  # fsspec's object-store files: abort the multipart upload, publish nothing
             f.closed = True  # so that garbage collection does not close (= publish) it
         else:
-            f.close()
-        if not direct:
+            f.close()  # completes the temporary, removed below
+    if not direct:
+        with contextlib.suppress(Exception):
             fs.rm(target)
 
 
