@@ -280,10 +280,14 @@ def _warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Pat
     """Float band ``x`` (NaN = nodata) on ``src`` to ``dst``; pixels outside ``src`` become NaN."""
     if src.same_as(dst):
         return x
+    if src.crs is None and dst.crs is None:
+        return _resample_local(x, src, dst, resampling)
     if src.crs is None or dst.crs is None:
+        which = path if src.crs is None else "the sample grid"
         raise ValueError(
-            f"{path}: has no CRS, so it cannot be warped onto the sample grid "
-            f"({dst.crs}, {dst.width}x{dst.height})"
+            f"{path}: {which} has no CRS, so it cannot be warped onto the sample grid "
+            f"({dst.crs}, {dst.width}x{dst.height}); either every file of a sample is "
+            "georeferenced or none is"
         )
     left, bottom, right, top = transform_bounds(src.crs, dst.crs, *src.bounds, densify_pts=21)
     d_left, d_bottom, d_right, d_top = dst.bounds
@@ -301,6 +305,29 @@ def _warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Pat
         src_nodata=np.nan,
         dst_transform=dst.transform,
         dst_crs=dst.crs,
+        dst_nodata=np.nan,
+        resampling=resampling,
+    )
+    return out
+
+
+_LOCAL_CRS = CRS.from_epsg(3857)
+"""Stand-in CRS for grids in a layout's local frame (no CRS): the same on both sides of a warp, so
+the warp is a pure resampling between the two pixel grids (the CRS itself never matters)."""
+
+
+def _resample_local(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling) -> np.ndarray:
+    """Float band ``x`` on ``src`` to ``dst``, both in one local frame (no CRS, see
+    :meth:`RasterReader.file_grid`); pixels outside ``src`` become NaN."""
+    out = np.full((dst.height, dst.width), np.nan, dtype=np.float32)
+    reproject(
+        x,
+        out,
+        src_transform=src.transform,
+        src_crs=_LOCAL_CRS,
+        src_nodata=np.nan,
+        dst_transform=dst.transform,
+        dst_crs=_LOCAL_CRS,
         dst_nodata=np.nan,
         resampling=resampling,
     )
@@ -470,8 +497,13 @@ class RasterReader:
         grids = []
         for path in paths:
             with _open(path) as ds:
-                grids.append(Grid.of(ds))
+                grids.append(self.file_grid(ds, path))
         return min(grids, key=lambda g: g.pixel_area).at_gsd(self.gsd_m)
+
+    def file_grid(self, ds: rasterio.io.DatasetReader, path: Path) -> Grid:
+        """The grid of one open file. Layouts whose files may lack georeferencing but have a
+        fixed geometry (BigEarthNet) override this to place such files in a local frame."""
+        return Grid.of(ds)
 
     def _read_layer(
         self, layer: SensorLayer, spec: SensorSpec, grid: Grid
@@ -488,7 +520,7 @@ class RasterReader:
             with _open(path) as ds:
                 self._check_file(ds, path, spec, len(poss))
                 order = _stack_order(ds, path, spec) if len(poss) > 1 else None
-                src = Grid.of(ds)
+                src = self.file_grid(ds, path)
                 for pos in poss:
                     index = order[spec.band_names[pos]] if order else layer.bands[pos].index
                     raw = _read_band(ds, path, index)
@@ -550,7 +582,7 @@ class RasterReader:
             raw = _read_band(ds, lab.path, 1)
             x = raw.astype(np.float32)
             x[raw == lab.fill] = np.nan
-            x = _warp(x, Grid.of(ds), grid, Resampling.nearest, lab.path)
+            x = _warp(x, self.file_grid(ds, lab.path), grid, Resampling.nearest, lab.path)
         return np.where(np.isfinite(x), x, lab.fill).astype(lab.dtype)
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from affine import Affine
 
-from s12mae.readers.base import FolderReader, Item, SensorLayer, read_json
+from s12mae.readers.base import FolderReader, Grid, Item, SensorLayer, read_json
 from s12mae.sensors import layout_sensors
 from s12mae.times import parse_time
 
@@ -20,6 +22,8 @@ __all__ = ["BigEarthNetV1Reader", "BigEarthNetV2Reader", "bigearthnet_labels", "
 _SENSORS = layout_sensors("bigearthnet")
 """Folder token -> sensor key (``{"S2": "s2_l2a", "S1": "s1_grd"}``)."""
 _S2_SENSOR, _S1_SENSOR = _SENSORS["S2"], _SENSORS["S1"]
+PATCH_M = 1200.0
+"""Side of a BigEarthNet patch in metres: 120 px of 10 m, 60 px of 20 m, 20 px of 60 m (S1: 120 px)."""
 
 
 @cache
@@ -46,7 +50,24 @@ def multi_hot19(names: Sequence[str], where: str, nomenclature: str = "labels19"
 class _BigEarthNetReader(FolderReader):
     """Shared patch layout: ``<patch>/<patch>_<B01..B12,B8A>.tif`` (S2 L2A at 20/60/120 px for
     60/20/10 m) and ``<s1 patch>/<s1 patch>_<VV|VH>.tif`` (dB, 120 px). The sample grid is the
-    10 m bands' 120 x 120 UTM grid; 20 m and 60 m bands are resampled to it bilinearly."""
+    10 m bands' 120 x 120 UTM grid; 20 m and 60 m bands are resampled to it bilinearly.
+
+    Files without georeferencing (no CRS; some redistributions strip it) are placed by
+    BigEarthNet's fixed co-registration: every file covers the same 1200 m x 1200 m patch, so a
+    file of ``n`` px has ``1200 / n`` m pixels in a local frame (origin at the patch's top-left
+    corner, ``meta["crs"]`` None). A sample must then lack georeferencing in all its files."""
+
+    def file_grid(self, ds: rasterio.io.DatasetReader, path: Path) -> Grid:
+        if ds.crs is not None:
+            return Grid.of(ds)
+        sizes = {round(PATCH_M / 10), round(PATCH_M / 20), round(PATCH_M / 60)}
+        if ds.width != ds.height or ds.width not in sizes:
+            raise ValueError(
+                f"{path}: has no georeferencing and is {ds.width}x{ds.height} px; a BigEarthNet band "
+                f"file is square with {sorted(sizes, reverse=True)} px (10, 20, 60 m over {PATCH_M:g} m)"
+            )
+        pixel = PATCH_M / ds.width
+        return Grid(None, Affine(pixel, 0.0, 0.0, 0.0, -pixel, PATCH_M), ds.width, ds.height)
 
     def _patch_item(
         self,
