@@ -96,3 +96,70 @@ def test_bigearthnet_file_of_a_foreign_size_without_georeferencing_is_named(stri
     bad = next(i for i, it in enumerate(reader.items()) if path.parent.name in it.id)
     with pytest.raises(ValueError, match=rf"{path.name}: has no georeferencing and is 100x100 px"):
         reader[bad]
+
+
+# --- item 13: the +1000 DN offset suspected from the data ---------------------------------------
+
+# The shared TerraMesh scenes carry no baseline, date or offset tag. L1C B10 (cirrus) 1st percentiles:
+# 282D 1005, 433D 1012, 609U 1042 DN (offset) against 55 (38D) and 10 (637U); the L2A of 433D has
+# every band's 1st percentile above 1100 DN (its L1C - L2A SWIR medians are about -190 DN, both
+# offset), while 282D and 609U L2A are not (L1C - L2A SWIR medians about +930 DN).
+SUSPECTED = {
+    "terramesh/282D_485L_3_3": ["s2_l1c"],
+    "terramesh/38D_378R_2_3": [],
+    "terramesh/433D_629L_3_1": ["s2_l1c", "s2_l2a"],
+    "terramesh/609U_541L_3_0": ["s2_l1c"],
+    "terramesh/637U_59R_1_3": [],
+}
+
+
+def _read_terramesh(s2_offset):
+    from s12mae.readers import TerraMeshReader
+    from s12mae.readers.base import OffsetSuspectedWarning
+
+    reader = TerraMeshReader(shared("terramesh-examples"), ["s2_l1c", "s2_l2a"], s2_offset=s2_offset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = {s["id"]: s for s in reader}
+    return samples, [str(w.message) for w in caught if issubclass(w.category, OffsetSuspectedWarning)]
+
+
+def test_terramesh_scenes_with_the_offset_are_flagged_warned_and_kept():
+    samples, warned = _read_terramesh(None)
+    assert {k: sorted(s["meta"]["offset_suspected"]) for k, s in samples.items()} == SUSPECTED
+    assert len(warned) == 4 and all("kept the values" in w for w in warned)
+    assert any("S2L1C/609U_541L_3_0.tif: s2_l1c" in w and "B10" in w for w in warned)
+    l1c = samples["terramesh/282D_485L_3_3"]["meta"]["offset_suspected"]["s2_l1c"]
+    assert l1c["band"] == "B10" and l1c["floor_dn"] >= 1000 and l1c["applied"] is False
+    clean = samples["terramesh/637U_59R_1_3"]["meta"]["dn_offset"]["s2_l1c"]
+    assert clean["rule"] == "unknown" and clean["check"]["floor_dn"] < 100 and not clean["check"]["suspected"]
+    with rasterio.open(shared("terramesh-examples") / "S2L1C" / "282D_485L_3_3.tif") as ds:
+        b10 = ds.read(11)
+    np.testing.assert_array_equal(samples["terramesh/282D_485L_3_3"]["s2_l1c"][10], b10)  # never guessed
+
+
+def test_terramesh_offset_auto_removes_it_only_where_suspected():
+    kept, _ = _read_terramesh(None)
+    removed, warned = _read_terramesh("auto")
+    assert len(warned) == 4 and all("removed it" in w for w in warned)
+    for sid, sensors in SUSPECTED.items():
+        for key in ("s2_l1c", "s2_l2a"):
+            record = removed[sid]["meta"]["dn_offset"][key]
+            diff = kept[sid][key].astype(np.int32) - removed[sid][key].astype(np.int32)
+            if key in sensors:
+                assert record["rule"] == "suspected" and record["dn"] == [1000] * len(record["dn"])
+                assert removed[sid]["meta"]["offset_suspected"][key]["applied"] is True
+                # 1000 DN less, but valid pixels stay off the nodata value 0 (clipped to 1 DN)
+                assert np.all((diff == 1000) | (removed[sid][key] == 1))
+            else:
+                assert record["rule"] == "unknown" and not diff.any()
+
+
+def test_an_explicit_offset_skips_the_check_and_a_bad_option_is_refused():
+    from s12mae.readers import TerraMeshReader
+
+    samples, warned = _read_terramesh(0)
+    assert warned == [] and all(not s["meta"]["offset_suspected"] for s in samples.values())
+    assert samples["terramesh/282D_485L_3_3"]["meta"]["dn_offset"]["s2_l1c"]["rule"] == "override"
+    with pytest.raises(ValueError, match="s2_offset must be a number of DN, None or 'auto', not 'yes'"):
+        TerraMeshReader(shared("terramesh-examples"), s2_offset="yes")
