@@ -419,6 +419,8 @@ class RasterReader:
 
     source: ClassVar[str] = "raster"
     gsd_m: ClassVar[float] = 10.0
+    train_split: ClassVar[str | None] = None
+    """The training split's name in layouts that have splits (their constructor takes ``split``)."""
 
     def __init__(
         self, *, sensors: Sequence[str] | None = None, skip_bad: bool = False, s2_offset: S2Offset = None

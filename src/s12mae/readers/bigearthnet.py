@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import rasterio
 from affine import Affine
 
-from s12mae.readers.base import FolderReader, Grid, Item, SensorLayer, read_json
+from s12mae.readers.base import FolderReader, Grid, Item, S2Offset, SensorLayer, read_json
 from s12mae.sensors import layout_sensors
 from s12mae.times import parse_time
 
@@ -166,24 +166,27 @@ class BigEarthNetV2Reader(_BigEarthNetReader):
 
     Args:
         root: folder holding ``BigEarthNet-S2``, ``BigEarthNet-S1`` and the metadata file.
-        split: keep only rows of this split (``train``, ``validation``, ``test``).
+        split: keep only rows of this split or these splits (``train``, ``validation``, ``test``);
+            a name the ``split`` column does not hold is a ValueError listing the ones it does.
         metadata: the metadata file name or path (relative to ``root``).
     """
 
     source = "bigearthnet-v2"
     columns = ("patch_id", "labels", "split", "s1_name")
+    train_split: ClassVar[str | None] = "train"
 
     def __init__(
         self,
         root: str | Path,
         sensors: Sequence[str] | None = None,
         *,
-        split: str | None = None,
+        split: str | Sequence[str] | None = None,
         metadata: str | Path = "metadata.parquet",
         skip_bad: bool = False,
-        s2_offset: int | None = None,
+        s2_offset: S2Offset = None,
     ) -> None:
-        self.split, self.metadata = split, Path(root) / metadata
+        self.split = [split] if isinstance(split, str) else None if split is None else list(split)
+        self.metadata = Path(root) / metadata
         super().__init__(root, sensors, skip_bad=skip_bad, s2_offset=s2_offset)
 
     def _discover(self) -> list[Item]:
@@ -196,11 +199,12 @@ class BigEarthNetV2Reader(_BigEarthNetReader):
         missing = [c for c in self.columns if c not in table.column_names]
         if missing:
             raise ValueError(f"{self.metadata}: lacks column(s) {missing}; it has {table.column_names}")
+        self._check_split(table.column("split").to_pylist())
         s2_dirs = {p.name: p for p in (self.root / "BigEarthNet-S2").glob("*/*") if p.is_dir()}
         s1_dirs = {p.name: p for p in (self.root / "BigEarthNet-S1").glob("*/*") if p.is_dir()}
         items = []
         for row_number, row in enumerate(table.select(list(self.columns)).to_pylist()):
-            if self.split is not None and row["split"] != self.split:
+            if self.split is not None and row["split"] not in self.split:
                 continue
             patch, s1_name = row["patch_id"], row["s1_name"]
             where = f"{self.metadata}: row {row_number} (patch_id {patch})"
@@ -226,3 +230,9 @@ class BigEarthNetV2Reader(_BigEarthNetReader):
             except ValueError as err:
                 self._bad(f"{self.source}/{patch}", err)
         return items
+
+    def _check_split(self, column: list[Any]) -> None:
+        present = sorted({str(v) for v in column if v is not None})
+        unknown = [name for name in self.split or [] if name not in present]
+        if unknown:
+            raise ValueError(f"{self.metadata}: no split {unknown} in column 'split'; it holds {present}")
