@@ -163,3 +163,81 @@ def test_an_explicit_offset_skips_the_check_and_a_bad_option_is_refused():
     assert samples["terramesh/282D_485L_3_3"]["meta"]["dn_offset"]["s2_l1c"]["rule"] == "override"
     with pytest.raises(ValueError, match="s2_offset must be a number of DN, None or 'auto', not 'yes'"):
         TerraMeshReader(shared("terramesh-examples"), s2_offset="yes")
+
+
+# --- item 14: splits ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reben(tmp_path):
+    from test_readers import build_reben  # a reBEN copy of the v1 example: 3 train, 3 test patches
+
+    return build_reben(shared("bigearthnet-v1-example"), tmp_path / "reben")
+
+
+def test_a_split_the_metadata_does_not_hold_is_named_with_the_ones_it_does(reben):
+    from s12mae.layouts import open_layout
+    from s12mae.readers import BigEarthNetV2Reader
+
+    for sensors in (None, ["s2_l2a"]):  # with sensors it once said "found only []"
+        with pytest.raises(ValueError, match=r"metadata\.parquet: no split \['val'\] in column 'split'; "
+                                             r"it holds \['test', 'train'\]"):
+            BigEarthNetV2Reader(reben, sensors, split="val")
+    assert len(BigEarthNetV2Reader(reben, split=["train", "test"])) == 6
+    assert len(open_layout("bigearthnet-v2", reben, split=["test"])) == 3
+    with pytest.raises(ValueError, match=r"layout 'terramesh' has no splits.*\['bigearthnet-v2'\]"):
+        open_layout("terramesh", shared("terramesh-examples"), split=["train"])
+
+
+def test_stats_default_to_the_training_split_and_shards_choose_splits(tmp_path, reben, capsys):
+    import pyarrow.parquet as pq
+
+    from s12mae.cli import main
+    from s12mae.shards import read_manifest
+
+    assert main(["stats", "--data", str(reben), "--out", str(tmp_path / "default.json"), "--layout", "bigearthnet-v2",
+                 "--sensors", "[s2_l2a]"]) == 0
+    assert "over the 'train' split only (the default" in capsys.readouterr().out
+    assert main(["stats", "--data", str(reben), "--out", str(tmp_path / "train.json"), "--layout", "bigearthnet-v2",
+                 "--sensors", "[s2_l2a]", "--split", "[train]"]) == 0
+    assert main(["stats", "--data", str(reben), "--out", str(tmp_path / "all.json"), "--layout", "bigearthnet-v2",
+                 "--sensors", "[s2_l2a]", "--split", "[train, test]"]) == 0
+    default, train, every = (json.loads((tmp_path / f"{n}.json").read_text())["s2_l2a"]
+                             for n in ("default", "train", "all"))
+    assert default["bands"] == train["bands"] and "split ['train']" in default["source"]
+    count = {n: s["bands"]["B02"]["count"] for n, s in (("train", train), ("all", every))}
+    assert count == {"train": 3 * 120 * 120, "all": 6 * 120 * 120}
+    test_ids = {r["patch_id"] for r in pq.read_table(reben / "metadata.parquet").to_pylist() if r["split"] == "test"}
+    assert main(["shards", "--data", str(reben), "--out", str(tmp_path / "set"), "--layout", "bigearthnet-v2",
+                 "--split", "[test]", "--shards.sensors", "[s2_l2a]"]) == 0
+    assert read_manifest(tmp_path / "set")["scenes"]["scenes"] == len(test_ids) == 3
+
+
+# --- item 15: the statistics an evaluation used, per sensor ---------------------------------------
+
+
+def test_evaluation_records_the_statistics_each_input_sensor_used(tmp_path):
+    from s12mae.evaluation import EvalConfig, EvalDataConfig, HeadConfig, run_evaluation
+    from s12mae.export import save_encoder
+    from s12mae.models.vit import build_encoder
+    from s12mae.sensors import get_sensor, write_stats
+
+    stats = tmp_path / "l1c-stats.json"
+    write_stats(stats, {"s2_l1c": {"bands": {b: {"mean": 0.2, "std": 0.1} for b in get_sensor("s2_l1c").band_names}}})
+    enc = tmp_path / "enc.safetensors"
+    cfg = SimpleNamespace(model=SimpleNamespace(encoder="vit_nano_patch16", img_size=128), method="mae",
+                          data=SimpleNamespace(stats=str(stats)))
+    save_encoder(build_encoder("vit_nano_patch16", {"s2_l1c": 13}, 128), enc, cfg)
+    common = dict(scenario="frozen", checkpoint=str(enc), steps=1, batch_size=2, threads=1, progress=False,
+                  num_plot=0, device="cpu", head=HeadConfig(decoder="vitlite_128d2b"))
+    # L1C-pretrained encoder on the L2A task: the encoder's file has no s2_l2a, L2A falls back
+    l2a = run_evaluation(EvalConfig(task="bigearthnet", out_dir=str(tmp_path / "l2a"), **common,
+                                    data=EvalDataConfig(source="real", path=str(shared("bigearthnet-v1-example")))))
+    assert l2a["config"]["data"]["stats"].endswith("encoder_stats.json")  # what was recorded before
+    assert l2a["stats"] == {"s2_l2a": {"file": "shipped defaults", "sensor": "s2_l2a"}}
+    saved = json.loads((tmp_path / "l2a" / "metrics.json").read_text())
+    assert saved["stats"] == l2a["stats"]
+    # the L1C task does use the encoder's statistics
+    l1c = run_evaluation(EvalConfig(task="srseg", out_dir=str(tmp_path / "l1c"), **common,
+                                    data=EvalDataConfig(img_size=32, num_train=4, num_test=2)))
+    assert l1c["stats"] == {"s2_l1c": {"file": str(tmp_path / "l1c" / "encoder_stats.json"), "sensor": "s2_l1c"}}
