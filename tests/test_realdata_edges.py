@@ -8,6 +8,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import numpy as np
@@ -241,3 +242,65 @@ def test_evaluation_records_the_statistics_each_input_sensor_used(tmp_path):
     l1c = run_evaluation(EvalConfig(task="srseg", out_dir=str(tmp_path / "l1c"), **common,
                                     data=EvalDataConfig(img_size=32, num_train=4, num_test=2)))
     assert l1c["stats"] == {"s2_l1c": {"file": str(tmp_path / "l1c" / "encoder_stats.json"), "sensor": "s2_l1c"}}
+
+
+# --- item 12: pairing across sensor families only -------------------------------------------------
+
+_INDEX = """id,time,minlon,minlat,maxlon,maxlat,sensor
+a,2021-03-01T10:00:00Z,10,40,11,41,s2_l1c
+b,2021-03-05T10:00:00Z,10,40,11,41,s2_l2a
+x,2021-03-02T06:00:00Z,10,40,11,41,s1_grd
+"""
+
+
+def test_an_index_listing_both_sensors_pairs_across_families_only(tmp_path):
+    import pyarrow.parquet as pq
+
+    from s12mae.pairing import pair_cli
+
+    index = tmp_path / "both.csv"
+    index.write_text(_INDEX)
+    stats = pair_cli(str(index), None, out=str(tmp_path / "out"), threads=1, quiet=True)
+    rows = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
+    assert stats["s2"] == 2 and stats["s1"] == 1  # once: every row was on both sides
+    assert sorted((r["s2_id"], r["s1_id"]) for r in rows) == [("a", "x"), ("b", "x")]
+    assert all(r["gap_hours"] != 0 for r in rows)
+
+
+def test_no_s1_items_or_no_way_to_tell_them_apart_is_a_clear_error(tmp_path):
+    from s12mae.pairing import pair, pair_cli
+
+    plain = tmp_path / "plain.csv"  # no sensor column: every row once paired with itself
+    plain.write_text("\n".join(line.rsplit(",", 1)[0] for line in _INDEX.splitlines()) + "\n")
+    with pytest.raises(ValueError, match=r"plain\.csv: serves as both the S2 and the S1 input, but 3 item\(s\) "
+                                         r"name no sensor \(e\.g\. id 'a'\).*--s1.*'sensor' column"):
+        pair_cli(str(plain), None, out=str(tmp_path / "out"), threads=1, quiet=True)
+    assert not (tmp_path / "out").exists()
+    s2_only = tmp_path / "s2.csv"
+    s2_only.write_text("".join(line + "\n" for line in _INDEX.splitlines() if not line.endswith("s1_grd")))
+    with pytest.raises(ValueError, match=r"s2\.csv: holds no S1 items"):
+        pair(str(s2_only), str(s2_only), threads=1)
+    with pytest.raises(ValueError, match=r"s2\.csv: holds no S1 items"):
+        pair(str(plain), str(s2_only), threads=1)  # an S1 input whose rows are all S2
+    bad = tmp_path / "bad.csv"
+    bad.write_text(_INDEX.replace("s1_grd", "landsat"))
+    with pytest.raises(ValueError, match=r"bad\.csv: sensor 'landsat' in row 2 \(id 'x'\) is not a sensor key"):
+        pair(str(bad), str(bad), threads=1)
+    # separate inputs without a sensor column are taken as given (S2 input, S1 input)
+    s1 = tmp_path / "s1.csv"
+    s1.write_text("id,time,minlon,minlat,maxlon,maxlat\ny,2021-03-02T06:00:00Z,10,40,11,41\n")
+    assert pair(str(plain), str(s1), threads=1).pairs.num_rows == 3
+
+
+def test_stac_items_of_both_constellations_pair_across(tmp_path):
+    import pystac
+    import shapely.geometry
+
+    from s12mae.pairing import pair
+
+    geom = shapely.geometry.mapping(shapely.geometry.box(10, 40, 11, 41))
+    items = [pystac.Item(id=i, geometry=geom, bbox=[10, 40, 11, 41], datetime=t, properties=p)
+             for i, t, p in (("s2-a", datetime(2021, 3, 1, 10, tzinfo=UTC), {"constellation": "sentinel-2"}),
+                             ("s1-x", datetime(2021, 3, 2, 6, tzinfo=UTC), {"platform": "sentinel-1a"}))]
+    res = pair(items, items, threads=1)
+    assert [(r["s2_id"], r["s1_id"]) for r in res.pairs.to_pylist()] == [("s2-a", "s1-x")]
