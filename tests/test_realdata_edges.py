@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import shared
 
 
@@ -229,8 +228,8 @@ def test_evaluation_records_the_statistics_each_input_sensor_used(tmp_path):
     cfg = SimpleNamespace(model=SimpleNamespace(encoder="vit_nano_patch16", img_size=128), method="mae",
                           data=SimpleNamespace(stats=str(stats)))
     save_encoder(build_encoder("vit_nano_patch16", {"s2_l1c": 13}, 128), enc, cfg)
-    common = dict(scenario="frozen", checkpoint=str(enc), steps=1, batch_size=2, threads=1, progress=False,
-                  num_plot=0, device="cpu", head=HeadConfig(decoder="vitlite_128d2b"))
+    common = {"scenario": "frozen", "checkpoint": str(enc), "steps": 1, "batch_size": 2, "threads": 1,
+              "progress": False, "num_plot": 0, "device": "cpu", "head": HeadConfig(decoder="vitlite_128d2b")}
     # L1C-pretrained encoder on the L2A task: the encoder's file has no s2_l2a, L2A falls back
     l2a = run_evaluation(EvalConfig(task="bigearthnet", out_dir=str(tmp_path / "l2a"), **common,
                                     data=EvalDataConfig(source="real", path=str(shared("bigearthnet-v1-example")))))

@@ -42,11 +42,11 @@ from s12mae.times import iso_utc, parse_time
 __all__ = [
     "BASELINE_04_DATE",
     "OFFSET_FLOOR_DN",
-    "OffsetSuspectedWarning",
     "BandRef",
     "Grid",
     "Item",
     "LabelLayer",
+    "OffsetSuspectedWarning",
     "RasterReader",
     "SensorLayer",
     "baseline_offset",
