@@ -55,7 +55,7 @@ from s12mae.readers.ssl4eo import (
 from s12mae.sensors import list_sensors, sensors_of_family
 from s12mae.times import parse_time
 
-__all__ = ["LAYOUTS", "PairFolder", "open_layout"]
+__all__ = ["LAYOUTS", "PairFolder", "open_layout", "train_split"]
 
 log = logging.getLogger(__name__)
 
@@ -266,13 +266,17 @@ def _reader(cls: type[RasterReader]) -> Opener:
     return open_reader
 
 
+_READERS: dict[str, type[RasterReader]] = {
+    "terramesh": TerraMeshReader,
+    "sen1floods11": Sen1Floods11Reader,
+    "bigearthnet-v1": BigEarthNetV1Reader,
+    "bigearthnet-v2": BigEarthNetV2Reader,
+    "generic": GenericReader,
+}
+
 LAYOUTS: dict[str, Opener] = {
     "simulated": _simulated,
-    "terramesh": _reader(TerraMeshReader),
-    "sen1floods11": _reader(Sen1Floods11Reader),
-    "bigearthnet-v1": _reader(BigEarthNetV1Reader),
-    "bigearthnet-v2": _reader(BigEarthNetV2Reader),
-    "generic": _reader(GenericReader),
+    **{name: _reader(cls) for name, cls in _READERS.items()},
     "pairs": lambda data, sensors, skip_bad: PairFolder(data, sensors=sensors, skip_bad=skip_bad),
     "s2-all": lambda data, sensors, skip_bad: PairFolder(data, s2_all=True, sensors=sensors,
                                                          skip_bad=skip_bad),
@@ -280,8 +284,14 @@ LAYOUTS: dict[str, Opener] = {
 """Layout name -> ``opener(data, sensors, skip_bad)`` giving a lazy sample sequence."""
 
 
+def train_split(layout: str) -> str | None:
+    """The name of the training split of ``layout``, or ``None`` for layouts without splits."""
+    cls = _READERS.get(layout)
+    return None if cls is None else cls.train_split
+
+
 def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
-                skip_bad: bool = False) -> Sequence[dict[str, Any]]:
+                skip_bad: bool = False, split: str | Sequence[str] | None = None) -> Sequence[dict[str, Any]]:
     """The samples of dataset ``data`` laid out as ``layout``, as a lazy sequence.
 
     Args:
@@ -292,14 +302,16 @@ def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
             ``None`` loads what the layout has (``pairs``: the row's S2 product and ``s1_grd``).
         skip_bad: readers leave out (and record in ``.skipped``) samples found bad while listing
             them, and skip samples that fail to load when iterated; indexing always raises.
+        split: keep only this split or these splits, in layouts that have splits (``bigearthnet-v2``:
+            ``train``, ``validation``, ``test``; see :func:`train_split`); ``None``: every sample.
 
     Returns:
         A sequence of ``{"id", <sensor>: (C, H, W), "valid.<sensor>": (C, H, W) bool, "label.*",
         "meta"}``; sensors in file units (S2 int16 DN, S1 float32 dB).
 
     Raises:
-        ValueError: an unknown layout (the message lists the known ones), or data that is not in
-            that layout.
+        ValueError: an unknown layout (the message lists the known ones), data that is not in
+            that layout, a split for a layout without splits, or a split the data does not hold.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; known layouts: {sorted(LAYOUTS)}")
@@ -307,4 +319,11 @@ def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
         unknown = [k for k in sensors if k not in list_sensors() and not k.startswith("label.")]
         if unknown:
             raise ValueError(f"unknown sensor key(s) {unknown}; known: {list_sensors()}")
-    return LAYOUTS[layout](Path(data), None if sensors is None else list(sensors), skip_bad)
+    keys = None if sensors is None else list(sensors)
+    if split is None:
+        return LAYOUTS[layout](Path(data), keys, skip_bad)
+    if train_split(layout) is None:
+        with_splits = sorted(name for name in _READERS if train_split(name))
+        raise ValueError(f"layout {layout!r} has no splits (asked for split {split!r}); layouts with "
+                         f"splits: {with_splits}")
+    return _READERS[layout](Path(data), keys, skip_bad=skip_bad, split=split)  # type: ignore[call-arg]

@@ -142,7 +142,7 @@ def _shard_set_statistics(data: Path, keys: Sequence[str] | None) -> dict[str, d
 
 
 def compute_stats_file(data: str | Path, out: str | Path, sensors: Sequence[str] | None = None,
-                       layout: str | None = None) -> dict[str, Any]:
+                       layout: str | None = None, split: Sequence[str] | None = None) -> dict[str, Any]:
     """Compute statistics of the sensors in a dataset and write them to ``out``.
 
     Args:
@@ -152,11 +152,17 @@ def compute_stats_file(data: str | Path, out: str | Path, sensors: Sequence[str]
         sensors: sensor keys (default: every sensor the dataset holds).
         layout: a key of :data:`s12mae.layouts.LAYOUTS`; ``None`` detects a shard set or a
             simulated folder.
+        split: splits to compute over, in layouts that have splits (``bigearthnet-v2``); ``None``:
+            the training split there (statistics must not see test data; printed), every sample
+            elsewhere.
 
     Returns:
         ``{sensor: {"source", "bands": {band: {"mean", "std", "count", "p1", ...}}}}``.
     """
     path = Path(data)
+    if split is not None and layout in (None, "simulated"):
+        raise ValueError(f"{data}: split {list(split)} applies only to a reader layout with splits "
+                         "(give layout, e.g. bigearthnet-v2)")
     if layout is None and is_shard_set(path):
         stats = _shard_set_statistics(path, sensors)
     elif layout in (None, "simulated"):
@@ -170,13 +176,18 @@ def compute_stats_file(data: str | Path, out: str | Path, sensors: Sequence[str]
                 raise ValueError(f"{data}: has no array for sensor {key!r}")
             stats[key] = band_statistics(arrays[key], get_sensor(key))
     else:
-        from s12mae.layouts import open_layout  # the readers (rasterio) only where a layout is read
+        from s12mae.layouts import open_layout, train_split  # the readers (rasterio) only where read
 
-        samples = open_layout(layout, data, None if sensors is None else list(sensors))
-        stats = _stream_statistics(samples, sensors, f"{data} ({layout})")
+        if split is None and (default := train_split(layout)) is not None:
+            split = [default]
+            print(f"{data}: statistics over the {default!r} split only (the default; `split` chooses)")
+        samples = open_layout(layout, data, None if sensors is None else list(sensors),
+                              split=None if split is None else list(split))
+        stats = _stream_statistics(samples, sensors, f"{data} ({layout}{f', split {list(split)}' if split else ''})")
     entries = {}
     for key, bands in stats.items():
-        entries[key] = {"source": f"s12mae stats over {data}", "bands": bands}
+        over = f" (split {list(split)})" if split else ""
+        entries[key] = {"source": f"s12mae stats over {data}{over}", "bands": bands}
         print(f"{key}: " + ", ".join(f"{b} {v['mean']:.4g}±{v['std']:.3g}" for b, v in bands.items()))
     write_stats(out, entries)
     print(f"wrote statistics of {list(entries)} to {out}")

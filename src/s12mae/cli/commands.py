@@ -135,12 +135,16 @@ class ShardsCommand:
     """Skip (count and log) unreadable samples instead of stopping at the first."""
     overwrite: bool = False
     """Replace ``out`` if it holds a shard set."""
+    split: list[str] | None = None
+    """Only these splits, in layouts that have splits (``bigearthnet-v2``: ``train``,
+    ``validation``, ``test``); ``None``: every sample."""
 
 
 def shards(cfg: ShardsCommand) -> None:
     from s12mae.shards import write_shard_set
 
-    write_shard_set(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad, overwrite=cfg.overwrite)
+    write_shard_set(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad, overwrite=cfg.overwrite,
+                    split=cfg.split)
 
 
 @dataclass
@@ -155,12 +159,15 @@ class StatsCommand:
     """Sensor keys (``None``: every sensor the dataset holds)."""
     layout: str | None = None
     """Reader layout of ``data`` (``None``: a simulated folder or a shard set, detected)."""
+    split: list[str] | None = None
+    """Splits to compute over, in layouts that have splits (``bigearthnet-v2``); ``None``: the
+    training split there (statistics must not see test data), every sample elsewhere."""
 
 
 def stats(cfg: StatsCommand) -> None:
     from s12mae.stats import compute_stats_file
 
-    compute_stats_file(cfg.data, cfg.out, cfg.sensors, layout=cfg.layout)
+    compute_stats_file(cfg.data, cfg.out, cfg.sensors, layout=cfg.layout, split=cfg.split)
 
 
 @dataclass

@@ -202,6 +202,19 @@ def _with_encoder_stats(cfg: EvalConfig) -> EvalConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stats=str(path)))
 
 
+def _stats_used(cfg: EvalConfig, task: EvalTask) -> dict[str, dict[str, str]]:
+    """Which statistics standardised the task's input, found by comparing them with the statistics
+    file's (it may cover other sensors only: the rest fall back) and the shipped ones."""
+    from s12mae.sensors import load_stats
+
+    tables = ([(str(cfg.data.stats), load_stats(cfg.data.stats))] if cfg.data.stats else [])
+    for name, table in [*tables, ("shipped defaults", load_stats(None))]:
+        for key in dict.fromkeys([task.sensor, *table]):  # the task's own sensor first
+            if all(table.get(key, {}).get(b) == s for b, s in task.spec.stats.items()):
+                return {task.sensor: {"file": name, "sensor": key}}
+    return {task.sensor: {"file": "the task's own", "sensor": task.sensor}}
+
+
 def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, Any]:
     """Train a new head (frozen) or head + encoder (finetune) and test it.
 
@@ -211,7 +224,8 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
 
     Returns:
         The content of ``metrics.json``: ``headline`` (``{"name", "value"}``), ``metrics`` (all
-        test metrics), ``task``, ``encoder`` (input plan, parameter counts), ``train`` (loss
+        test metrics), ``task``, ``stats`` (per input sensor, the ``file`` and ``sensor`` whose
+        statistics standardised it), ``encoder`` (input plan, parameter counts), ``train`` (loss
         history summary, seconds) and the resolved ``config``.
     """
     t0 = time.perf_counter()
@@ -242,6 +256,7 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
         "task": describe(task),
         "scenario": cfg.scenario,
         "checkpoint": cfg.checkpoint,
+        "stats": _stats_used(cfg, task),
         "encoder": {"sensor": plan.encoder_sensor, "filled_bands": list(plan.filled), "input_size": list(plan.size),
                     "task_size": list(plan.task_size), "patch_size": model.encoder.patch_size,
                     "params": count(model.encoder), "head_params": count(model.head),

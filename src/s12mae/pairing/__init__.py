@@ -41,8 +41,10 @@ overlaps, the choice), :mod:`~s12mae.pairing.results` (output tables, statistics
 from __future__ import annotations
 
 import math
+import os
 import time as _time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -167,6 +169,27 @@ def _search(
     return best, near
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    paths = [x for x in (a, b) if isinstance(x, str | os.PathLike)]
+    return len(paths) == 2 and Path(a).resolve() == Path(b).resolve()
+
+
+def _check_families(s2: Items, s1: Items, same_input: bool) -> None:
+    """One input serving as both S2 and S1 must name every item's sensor: an item of unknown family
+    would be on both sides (paired with itself). Separate inputs are taken as given."""
+    if not same_input:
+        return
+    for items, side in ((s2, "S2"), (s1, "S1")):
+        unknown = np.flatnonzero(items.family.is_null().to_numpy(zero_copy_only=False))
+        if unknown.size:
+            raise ValueError(
+                f"{items.source}: serves as both the S2 and the S1 input, but {unknown.size} item(s) name no "
+                f"sensor (e.g. id {items.ids[int(unknown[0])].as_py()!r}), so {side} items cannot be told "
+                "apart: give the S1 items separately (--s1) or name each row's sensor in a 'sensor' column "
+                "(s2_l1c, s2_l2a, s1_grd, ...)"
+            )
+
+
 def pair(
     s2: Any,
     s1: Any,
@@ -180,6 +203,11 @@ def pair(
     s2_product: str = DEFAULT_S2_PRODUCT,
 ) -> PairResult:
     """Pair every S2 item with its closest-in-time same-place S1 item (see the module docstring).
+
+    Pairs are made across sensor families only: ``s2`` contributes its S2 items and ``s1`` its S1
+    items (items of other families are left out; see :mod:`~s12mae.pairing.items` for how an
+    input names them). One input may serve as both (an index listing both sensors) if it names
+    every item's sensor; an input without S2 or without S1 items is a ValueError.
 
     Args:
         s2, s1: anything ``load_items`` reads (``s1`` may be an SSL4EO-S12 root: its ``s1/``).
@@ -195,8 +223,9 @@ def pair(
     """
     rule = _Rule(max_days, min_overlap, match, nearest_days, cell_deg)
     t0 = _time.perf_counter()
-    s2_items = load_items(s2, product=s2_product)
-    s1_items = load_items(s1, product=product_of("s1"))
+    s2_items = load_items(s2, product=s2_product, family="s2")
+    s1_items = load_items(s1, product=product_of("s1"), family="s1")
+    _check_families(s2_items, s1_items, s2 is s1 or _same_path(s2, s1))
     timings = {"load_s": _time.perf_counter() - t0}
     _share_location_codes(s2_items, s1_items)
     s2_placed, s1_usable = _placeable(s2_items, s1_items, match)
@@ -235,7 +264,8 @@ def pair_cli(
     Args:
         s2: S2 metadata: an SSL4EO-S12 root (``s2c``/``s2a``/``s1`` folders) or modality folder, a
             parquet/CSV index, or STAC (Item/ItemCollection/Catalog JSON, or a catalog folder).
-        s1: S1 metadata in the same forms; default: ``s2`` itself (its ``s1/`` folder).
+        s1: S1 metadata in the same forms; default: ``s2`` itself (its ``s1/`` folder, or the
+            items whose ``sensor`` column or STAC properties name an S1 sensor).
         out: output folder.
         max_days: pair only if ``|t_S1 - t_S2| <= max_days x 24 h`` (paper: 7).
         min_overlap: smallest intersection area / S2 footprint area for footprint matches (ours: 0.5).

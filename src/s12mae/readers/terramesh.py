@@ -14,8 +14,10 @@ class TerraMeshReader(FolderReader):
     """Scenes of ``root/<MODALITY>/<scene>.tif`` (S2L1C, S2L2A, S1RTC, S1GRD, DEM, LULC).
 
     Every modality is a multi-band stack on the scene's 10 m UTM grid (224 x 224 in the examples).
-    S2 files carry no metadata, so the baseline-04.00 offset cannot be decided from them: values
-    are kept unless ``s2_offset`` says otherwise (see :class:`RasterReader`). S1 and LULC files
+    S2 files carry no metadata, so the baseline-04.00 offset cannot be decided from them: the data
+    is checked instead (a layer whose darkest band floor is near 1000 DN is flagged in
+    ``meta["offset_suspected"]`` with a warning; three of the five example scenes' L1C are) and
+    values are kept unless ``s2_offset`` says otherwise (see :class:`RasterReader`). S1 and LULC files
     carry a ``datetime`` tag, which becomes ``meta["times"]``.
 
     Args:

@@ -308,21 +308,24 @@ def write_shards(samples: Sequence[Mapping[str, Any]], out: str | Path, cfg: Sha
 
 
 def write_shard_set(data: str | Path, out: str | Path, cfg: ShardConfig, layout: str = "simulated",
-                    skip_bad: bool = False, overwrite: bool = False) -> dict[str, Any]:
+                    skip_bad: bool = False, overwrite: bool = False,
+                    split: list[str] | None = None) -> dict[str, Any]:
     """``s12mae shards``: write the shard set of ``cfg`` from dataset ``data`` into ``out``.
 
     ``layout`` names how ``data`` is laid out (a key of :data:`s12mae.layouts.LAYOUTS`: ``simulated``,
     ``terramesh``, ``sen1floods11``, ``bigearthnet-v1``, ``bigearthnet-v2``, ``generic``, ``pairs``,
     ``s2-all``); only ``cfg.sensors`` (and ``cfg.labels``, where given) are read. Under ``skip_bad``
     the manifest records samples that fail to load; samples a reader already found bad while
-    listing the dataset are printed (they never reach the writer). Prints a one-line summary.
+    listing the dataset are printed (they never reach the writer). ``split`` keeps only those
+    splits of a layout that has splits (see :func:`s12mae.layouts.open_layout`). Prints a one-line
+    summary.
 
     Returns:
         The manifest of :func:`write_shards`.
     """
     from s12mae.layouts import open_layout  # the readers (rasterio) only where a layout is opened
 
-    samples = open_layout(layout, data, [*cfg.sensors, *(cfg.labels or [])], skip_bad=skip_bad)
+    samples = open_layout(layout, data, [*cfg.sensors, *(cfg.labels or [])], skip_bad=skip_bad, split=split)
     manifest = write_shards(samples, out, cfg, skip_bad=skip_bad, overwrite=overwrite)
     sc = manifest["scenes"]
     listed_bad = list(getattr(samples, "skipped", []))
