@@ -19,6 +19,7 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from s12mae.models.patches import patch_grid_view, select_patches, sincos_pos_embed
 
@@ -76,6 +77,9 @@ class ViTEncoder(nn.Module):
         mlp_ratio: MLP hidden width / token width.
         drop_path_rate: stochastic-depth rate of the last block (linear in depth).
         block_fn: transformer block class (timm ``Block`` signature).
+        grad_checkpointing: recompute each block's activations in the backward pass instead of
+            keeping them (less memory, about one more forward of the blocks); also settable
+            later with :meth:`set_grad_checkpointing` (timm's API).
     """
 
     def __init__(
@@ -89,8 +93,10 @@ class ViTEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         block_fn: Callable[..., nn.Module] = Block,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing
         if not in_chans:
             raise ValueError("the encoder needs at least one sensor")
         if img_size % patch_size:
@@ -130,6 +136,15 @@ class ViTEncoder(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (timm's method name)."""
+        self.grad_checkpointing = enable
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
     def patch_grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid of an image; sizes not divisible by the patch are an error."""
@@ -179,7 +194,7 @@ class ViTEncoder(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1)
         for block in self.blocks:
-            x = block(x)
+            x = self._block(block, x)
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor, sensor: str | None = None) -> torch.Tensor:
@@ -218,7 +233,7 @@ class ViTEncoder(nn.Module):
         h = torch.cat([cls, tokens], dim=1)
         out = []
         for i, block in enumerate(self.blocks[: wanted[-1] + 1]):
-            h = block(h)
+            h = self._block(block, h)
             if i in wanted:
                 feats = self.norm(h) if norm else h
                 out.append(feats[:, 1:].transpose(1, 2).reshape(h.shape[0], -1, gh, gw))
