@@ -1,4 +1,4 @@
-"""Pretraining step throughput (forward, backward, optimizer) per variant and method.
+"""Pretraining step throughput (forward, backward, optimizer step) per variant and method.
 
 Usage:
     python benchmarks/bench_step.py                      # CPU presets: demo, tiny, small
@@ -25,9 +25,11 @@ from contextlib import nullcontext
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from s12mae.config import OptimConfig
 from s12mae.methods.auxmae import AuxMAE
 from s12mae.methods.mae import MAE
 from s12mae.models.vit import build_encoder
+from s12mae.train.optim import build_optimizer
 
 PRESETS = {  # name: (encoder, decoder, img_size, batch)
     "demo": ("vit_nano_patch8", "vitlite_128d2b", 64, 32),
@@ -103,7 +105,7 @@ class Case:
         self.cpu.append((time.process_time() - c0) / steps)
 
 
-def build_cases(preset: str, methods: list[str], device: torch.device, peak: float) -> list[Case]:
+def build_cases(preset: str, methods: list[str], device: torch.device, peak: float, optimizer: str) -> list[Case]:
     """One case per task of each method, all on the same batch."""
     encoder, decoder, img_size, batch_size = PRESETS[preset]
     batch = {"s2_l1c": torch.randn(batch_size, 13, img_size, img_size, device=device),
@@ -114,15 +116,15 @@ def build_cases(preset: str, methods: list[str], device: torch.device, peak: flo
     for method in methods:
         torch.manual_seed(0)
         model = build(method, encoder, decoder, img_size).to(device)
-        opt = torch.optim.Adafactor(model.parameters(), lr=1e-3)
+        opt = build_optimizer(model, OptimConfig(name=optimizer, lr=1e-4))  # the training recipe's
         cases += [Case(preset, method, task, model, opt, batch, amp, device, peak) for task in model.tasks]
     return cases
 
 
 def run_preset(preset: str, methods: list[str], rounds: int, steps: int, warmup: int,
-               device: torch.device, peak: float) -> list[Case]:
+               device: torch.device, peak: float, optimizer: str) -> list[Case]:
     """Warm up every case, then time them in interleaved rounds (A, B, ..., then reversed)."""
-    cases = build_cases(preset, methods, device, peak)
+    cases = build_cases(preset, methods, device, peak, optimizer)
     for case in cases:
         for _ in range(warmup):
             case.step()
@@ -157,6 +159,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds over the methods")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--optimizer", default="adafactor", choices=["adafactor", "adamw"],
+                    help="built by s12mae.train.optim.build_optimizer (AdamW fused where torch has the kernel)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--mix_drop_ratio", type=float, default=0.0, help="MixMAE: fraction of positions dropped")
     ap.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
@@ -167,12 +171,14 @@ def main() -> None:
     MIX_DROP_RATIO = args.mix_drop_ratio
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"optimizer {args.optimizer}")
     print("| preset | method:task | encoder + decoder | px | batch | samples/s | train GFLOPs/sample | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     ratios = []
     for preset in args.preset:
-        cases = run_preset(preset, args.method, args.rounds, args.steps, args.warmup, device, args.peak_tflops)
+        cases = run_preset(preset, args.method, args.rounds, args.steps, args.warmup, device, args.peak_tflops,
+                           args.optimizer)
         for case in cases:
             print(row(case), flush=True)
         by_task = {(c.method, c.task): c for c in cases}
