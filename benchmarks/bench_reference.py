@@ -191,8 +191,8 @@ def run_preset(module: ModuleType, preset: str, rounds: int, steps: int, warmup:
     for r in range(rounds):
         pair = [("ours", step_ours), ("ref", step_ref)]
         times = {name: timed(fn, steps) for name, fn in (pair if r % 2 == 0 else pair[::-1])}
-        for name in sps:
-            sps[name].append(steps * batch_size / times[name][0])
+        for name, values in sps.items():
+            values.append(steps * batch_size / times[name][0])
         ratios["wall"].append(times["ref"][0] / times["ours"][0])
         ratios["cpu"].append(times["ref"][1] / times["ours"][1])
     med = statistics.median

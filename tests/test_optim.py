@@ -22,6 +22,7 @@ def test_adamw_is_fused_on_cpu_and_steps_like_the_plain_loop():
     opt = build_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
     decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.05 and not any(p is model.encoder.cls_token for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and any(p is model.encoder.cls_token for p in no_decay["params"])
     names = {id(p): n for n, p in model.named_parameters()}
     twin_params = dict(twin.named_parameters())

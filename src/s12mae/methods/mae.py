@@ -3,8 +3,9 @@
 Per sample, a random ``mask_ratio`` of the patches is hidden (argsort of keyed noise), the
 encoder sees the visible patches only, a decoder fills in mask tokens and predicts every patch,
 and the loss is the MSE over the masked patches (optionally against per-patch normalised
-targets). Reads like the MAE paper: ``random_masking``, ``forward_encoder``,
-``forward_decoder``, ``forward_loss``.
+targets). Training computes only what the loss reads: the patch embedding of the visible
+patches and the decoder's output head on the hidden ones. Reads like the MAE paper:
+``random_masking``, ``forward_encoder``, ``forward_decoder``, ``forward_loss``.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ class MAE(nn.Module):
     def forward(self, batch: Batch, task: str = "mae", step: int = 0) -> dict[str, torch.Tensor]:
         imgs, valid, grid = self._inputs(batch)
         latent, mask, ids_restore = self.forward_encoder(imgs, step, batch["index"])
-        hidden = hidden_ids(mask, mask.shape[1] - (latent.shape[1] - 1))
+        hidden = hidden_ids(mask, mask.shape[1] - (latent.shape[1] - 1))  # latent: class token + visible
         pred = self.forward_decoder(latent, ids_restore, grid, hidden)
         num, _ = self.forward_loss(imgs, pred, mask, valid, hidden)
         return {self.sensor: num}

@@ -207,16 +207,15 @@ class MixMAE(nn.Module):
         gh, gw = self.encoder.patch_grid(*imgs[self.sensors[0]].shape[-2:])
         source, ids_keep, ids_restore = self.mixing(step, index, gh * gw)
         counts, n_drop = self._split(gh * gw)
-        mixed: torch.Tensor | None = None  # (N, L, D), dropped positions 0
+        shown = []  # per sensor: its positions (N, k_s) and their tokens (N, k_s, D)
         for i, s in enumerate(self.sensors):
             ids = self._positions(source, i, counts[i], shown=True)
             tok = self.encoder.embed(imgs[s], s, ids)  # only the patches this sensor shows
-            if self.sensor_embed is not None:
-                tok = tok + self.sensor_embed[s]
-            if mixed is None:
-                mixed = tok.new_zeros(tok.shape[0], gh * gw, tok.shape[-1])
+            shown.append((ids, tok if self.sensor_embed is None else tok + self.sensor_embed[s]))
+        first = shown[0][1]
+        mixed = first.new_zeros(first.shape[0], gh * gw, first.shape[-1])  # dropped positions stay 0
+        for ids, tok in shown:
             mixed = mixed.scatter(1, ids.unsqueeze(-1).expand(-1, -1, tok.shape[-1]), tok.to(mixed.dtype))
-        assert mixed is not None  # two or more sensors
         kept = torch.gather(mixed, 1, ids_keep.unsqueeze(-1).expand(-1, -1, mixed.shape[-1])) if n_drop else mixed
         return self.encoder.forward_tokens(kept), source, ids_restore
 

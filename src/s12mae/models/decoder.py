@@ -100,8 +100,8 @@ class ViTDecoder(nn.Module):
             ids_restore: ``(N, L)`` indices that unshuffle ``[visible, masked]`` back to grid
                 order (MAE); ``None`` when ``tokens`` already hold all ``L`` patch tokens.
             ids_pred: ``(N, M)`` grid positions to predict (e.g. only the ones a loss counts);
-                ``None`` = all ``L``. The blocks still run on every token; only the final
-                norm and projection are skipped elsewhere.
+                ``None`` = all ``L``. The blocks run on every token either way; the final norm
+                and projection run on the chosen rows only.
 
         Returns:
             ``(N, L, out_dim)`` predictions in grid order, or ``(N, M, out_dim)`` at ``ids_pred``.
