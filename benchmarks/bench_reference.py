@@ -6,7 +6,7 @@ Usage:
 ``S12MAE_REFERENCE_MAE`` is a folder holding the reference's ``models_mae.py`` and
 ``util/pos_embed.py`` (e.g. a checkout of https://github.com/facebookresearch/mae). Its code is
 never copied into this repository; it is imported from that folder at run time and adapted in
-memory only, in two ways, without editing its file:
+memory only, in three ways, without editing its file:
 
 1. its ``Block(..., qk_scale=None, ...)`` calls (an old timm keyword that timm 1.x removed) go
    through a wrapper that drops ``qk_scale`` (refusing any value but ``None``) and builds timm's
@@ -17,9 +17,10 @@ memory only, in two ways, without editing its file:
    ``np.float`` is the builtin ``float`` it aliased.
 
 Both models get the same weights (ours copied into the reference through the MAE checkpoint key
-map), the same batch and the same optimizer recipe (AdamW, betas (0.9, 0.95), weight decay 0.05
-off biases/norms/tokens; the reference's plain ``torch.optim.AdamW`` as its ``main_pretrain.py``
-builds it, s12mae's through ``build_optimizer``). Gradient clipping is left out of both (the
+map), the same batch and the same optimizer recipe: AdamW, betas (0.9, 0.95), weight decay 0.05,
+for the reference a plain ``torch.optim.AdamW`` with timm's ``add_weight_decay`` groups as its
+``main_pretrain.py`` builds it (no decay on biases and 1-d tensors), for s12mae
+``build_optimizer`` (no decay on biases, norms and tokens). Gradient clipping is left out of both (the
 reference pretrains without it). A step is, for s12mae, ``denominators`` + forward + backward +
 optimizer step as the training loop runs it, and for the reference ``model(imgs, 0.75)`` +
 backward + optimizer step. Rounds alternate A, B, A, B, ...; each round times ``--steps`` steps
