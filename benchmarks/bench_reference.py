@@ -23,7 +23,7 @@ for the reference a plain ``torch.optim.AdamW`` with timm's ``add_weight_decay``
 ``build_optimizer`` (no decay on biases, norms and tokens). Gradient clipping is left out of both (the
 reference pretrains without it). A step is, for s12mae, ``denominators`` + forward + backward +
 optimizer step as the training loop runs it, and for the reference ``model(imgs, 0.75)`` +
-backward + optimizer step. Rounds alternate A, B, A, B, ...; each round times ``--steps`` steps
+backward + optimizer step. Rounds alternate the order (s12mae, reference; reference, s12mae; ...); each round times ``--steps`` steps
 of one model, and the reported ratio is the median over rounds of s12mae's samples/s divided by
 the reference's in the same round, by wall clock and by CPU time of the process (the second is
 less disturbed by other processes on a shared machine).
