@@ -25,7 +25,7 @@ from torch import nn
 
 from s12mae.methods.base import Batch, check_sensor_input
 from s12mae.methods.mae import sq_error_sum, targets_at
-from s12mae.models.decoder import ViTDecoder, build_decoder
+from s12mae.models.decoder import build_decoder
 from s12mae.models.patches import patchify, unpatchify
 from s12mae.models.vit import ViTEncoder
 from s12mae.rng import keyed_uniform
