@@ -13,8 +13,17 @@ from s12mae.runtime import no_decay_names
 __all__ = ["build_optimizer", "lr_at"]
 
 
+_FUSED_ADAMW_DEVICES = {"cpu", "cuda"}  # where torch has a fused AdamW kernel
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adafactor or AdamW; biases, norms and tokens get no weight decay."""
+    """Adafactor or AdamW; biases, norms and tokens get no weight decay.
+
+    AdamW runs torch's fused kernel (one kernel for all tensors, instead of a Python loop of
+    small ops per tensor) when every parameter is on the CPU or on CUDA, so build the optimizer
+    after moving the model. Adafactor has no fused kernel; it takes torch's default (the
+    multi-tensor ``foreach`` path on CUDA).
+    """
     skip = no_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -26,7 +35,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     ]
     if cfg.name == "adafactor":
         return torch.optim.Adafactor(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    devices = {p.device.type for p in decay + no_decay}
+    fused = bool(devices) and devices <= _FUSED_ADAMW_DEVICES and len({p.device for p in decay + no_decay}) == 1
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
