@@ -135,12 +135,27 @@ class ShardsCommand:
     """Skip (count and log) unreadable samples instead of stopping at the first."""
     overwrite: bool = False
     """Replace ``out`` if it holds a shard set."""
+    cluster: str | None = None
+    """Spread the scenes over Dask workers: ``local:N`` (N worker processes here) or the address of a
+    running scheduler, ``tcp://HOST:PORT`` (e.g. a SLURM cluster of dask-jobqueue); the shard set is
+    byte-identical to the in-process one. ``None``: in this process (needs no Dask)."""
+    progress: bool = True
+    """Show the live progress bars of a ``cluster`` run (scenes, chips/s, ETA)."""
 
 
 def shards(cfg: ShardsCommand) -> None:
-    from s12mae.shards import write_shard_set
+    if cfg.cluster is None:
+        from s12mae.shards import write_shard_set
 
-    write_shard_set(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad, overwrite=cfg.overwrite)
+        write_shard_set(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad,
+                        overwrite=cfg.overwrite)
+        return
+    from s12mae.distributed import parse_cluster
+    from s12mae.shards.parallel import write_shard_set_dask
+
+    parse_cluster(cfg.cluster)  # a bad spec is an error before the dataset is listed
+    write_shard_set_dask(cfg.data, cfg.out, cfg.shards, cfg.cluster, layout=cfg.layout, skip_bad=cfg.skip_bad,
+                         overwrite=cfg.overwrite, progress=cfg.progress)
 
 
 @dataclass
@@ -155,12 +170,16 @@ class StatsCommand:
     """Sensor keys (``None``: every sensor the dataset holds)."""
     layout: str | None = None
     """Reader layout of ``data`` (``None``: a simulated folder or a shard set, detected)."""
+    cluster: str | None = None
+    """Compute on Dask workers: ``local:N`` or ``tcp://HOST:PORT`` (see ``s12mae shards --cluster``);
+    mean, std and counts equal the in-process ones up to float rounding, percentiles come from an
+    equally sized random sample. ``None``: in this process."""
 
 
 def stats(cfg: StatsCommand) -> None:
     from s12mae.stats import compute_stats_file
 
-    compute_stats_file(cfg.data, cfg.out, cfg.sensors, layout=cfg.layout)
+    compute_stats_file(cfg.data, cfg.out, cfg.sensors, layout=cfg.layout, cluster=cfg.cluster)
 
 
 @dataclass
