@@ -86,13 +86,33 @@ def simulate(cfg: SimulateCommand) -> None:
 class PairCommand:
     """Inputs, output and matching rules of the pairing."""
 
-    s2: str
+    s2: str | None = None
     """S2 metadata: an SSL4EO-S12 root (``s2c``/``s2a``/``s1`` folders) or modality folder, a
-    parquet/CSV index, or STAC (Item/ItemCollection/Catalog JSON, or a catalog folder)."""
+    parquet/CSV index, or STAC (Item/ItemCollection/Catalog JSON, or a catalog folder). Not with
+    ``--stac``."""
     s1: str | None = None
     """S1 metadata in the same forms; ``None``: ``s2`` itself (its ``s1/`` folder)."""
     out: str = "pairs"
-    """Output folder for ``pairs.parquet`` and ``s2_only.parquet``."""
+    """Output folder (or ``s3://``/``gs://`` prefix with ``--stac``) for ``pairs.parquet`` and
+    ``s2_only.parquet``."""
+    stac: str | None = None
+    """Search this STAC API instead of reading ``s2``/``s1`` (landing page URL, e.g.
+    ``https://earth-search.aws.element84.com/v1``); see ``s12mae.stac``."""
+    collections: str = "sentinel-2-l1c,sentinel-1-grd"
+    """With ``--stac``: the S2 collection, then the S1 collection, comma-separated."""
+    bbox: str | None = None
+    """With ``--stac``: area as ``minlon,minlat,maxlon,maxlat`` in degrees."""
+    intersects: str | None = None
+    """With ``--stac``: area as GeoJSON (a geometry, Feature or FeatureCollection), inline or the
+    path/URL of a ``.geojson`` file. Not together with ``bbox``."""
+    datetime: str | None = None
+    """With ``--stac``: RFC 3339 instant, day or interval (``2022-03-01/2022-05-31``)."""
+    max_cloud: float | None = None
+    """With ``--stac``: largest S2 ``eo:cloud_cover`` in percent (``None``: no limit)."""
+    orbit_state: Literal["ascending", "descending"] | None = None
+    """With ``--stac``: keep only S1 items of this orbit direction (``None``: both)."""
+    max_items: int | None = None
+    """With ``--stac``: stop after this many items per collection (``None``: all pages)."""
     max_days: float = DEFAULT_MAX_DAYS
     """Pair only if ``|t_S1 - t_S2| <= max_days x 24 h`` (the paper's 7)."""
     min_overlap: float = DEFAULT_MIN_OVERLAP
@@ -112,10 +132,37 @@ class PairCommand:
     """Print nothing."""
 
 
-def pair(cfg: PairCommand) -> None:
-    from s12mae.pairing import pair_cli
+_STAC_FIELDS = ("stac", "collections", "bbox", "intersects", "datetime", "max_cloud", "orbit_state", "max_items")
 
-    pair_cli(**asdict(cfg))
+
+def _numbers(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.strip("[]() ").split(","))
+    except ValueError:
+        raise ValueError(f"--{name}: need comma-separated numbers, not {text!r}") from None
+
+
+def pair(cfg: PairCommand) -> None:
+    options = {k: v for k, v in asdict(cfg).items() if k not in _STAC_FIELDS}
+    if cfg.stac is None:
+        if cfg.s2 is None:
+            raise ValueError("s12mae pair: give the S2 metadata (a folder, index or STAC file) or --stac URL")
+        from s12mae.pairing import pair_cli
+
+        pair_cli(**options)
+        return
+    if cfg.s2 is not None or cfg.s1 is not None:
+        raise ValueError("s12mae pair: --stac searches the API for both sensors; leave out s2 and --s1")
+    from s12mae.stac import StacSearchConfig, pair_stac
+
+    search = StacSearchConfig(
+        url=cfg.stac, collections=tuple(c.strip() for c in cfg.collections.split(",")),  # type: ignore[arg-type]
+        bbox=None if cfg.bbox is None else _numbers(cfg.bbox, "bbox"),  # type: ignore[arg-type]
+        intersects=cfg.intersects, datetime=cfg.datetime, max_cloud=cfg.max_cloud,
+        orbit_state=cfg.orbit_state, max_items=cfg.max_items)
+    for key in ("s2", "s1", "out", "quiet", "s2_product"):
+        options.pop(key)
+    pair_stac(search, cfg.out, quiet=cfg.quiet, **options)
 
 
 @dataclass
