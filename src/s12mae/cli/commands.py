@@ -128,6 +128,13 @@ class PairCommand:
     """Spatial join grid cell in degrees (speed only)."""
     threads: int | None = None
     """DuckDB threads (``None``: all cores)."""
+    partition_days: float | None = None
+    """Search the S2 items in time windows this many days wide (bounded memory for archives of
+    tens of millions of rows; the result is the same). ``None``: all at once."""
+    memory_limit: str | None = None
+    """DuckDB memory limit, e.g. ``4GB`` (``None``: DuckDB's default, 80 % of RAM)."""
+    temp_directory: str | None = None
+    """Folder where DuckDB spills joins beyond ``memory_limit``."""
     quiet: bool = False
     """Print nothing."""
 
