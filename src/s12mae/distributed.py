@@ -99,13 +99,14 @@ class TaskBar:
 
 def gather_in_order(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]],
                     on_done: Callable[[int, Any], None] | None = None, *, key: str = "s12mae",
-                    retries: int = 2) -> list[Any]:
+                    retries: int = 0) -> list[Any]:
     """``[fn(*t) for t in tasks]`` on the cluster; results in the order of ``tasks``.
 
     ``on_done(i, result)`` runs on the client as each task finishes (in completion order), e.g. to
-    move a progress bar. A task that raises is retried ``retries`` times (a worker that died is
-    handled by the scheduler, not counted here); then its error is raised here, after the other
-    tasks are cancelled.
+    move a progress bar. A task that raises is retried ``retries`` times (default none: bad input
+    fails the same way again, and reads from object storage retry on their own); a worker that
+    died is handled by the scheduler, which reruns its tasks elsewhere. The first error is raised
+    here, after the other tasks are cancelled.
     """
     distributed = _import_distributed()
     run = uuid.uuid4().hex[:8]  # task keys unique per call: two calls on one client never collide
