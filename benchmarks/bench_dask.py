@@ -32,12 +32,13 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _write(args: argparse.Namespace, work: Path) -> list[dict]:
+    import functools
+
     import distributed
 
+    from s12mae.layouts import open_layout
     from s12mae.shards import ShardConfig, write_shard_set
     from s12mae.shards.parallel import write_shards_distributed
-    from s12mae.layouts import open_layout
-    import functools
 
     cfg = ShardConfig(sensors=["s2_l1c", "s1_grd"], crop="grid", chip_size=64, chips_per_shard=64)
     data = str(work / "sim")

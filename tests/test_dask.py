@@ -11,14 +11,14 @@ import pytest
 
 distributed = pytest.importorskip("distributed", reason="Dask is not installed (pip install 's12mae[dask]')")
 
-from test_shards import GRID as GRID_CFG  # noqa: E402
-from test_shards import files, scenes  # noqa: E402
+from test_shards import GRID as GRID_CFG
+from test_shards import files, scenes
 
-from s12mae.cli import main  # noqa: E402
-from s12mae.shards import ShardConfig, read_manifest, write_shards  # noqa: E402
-from s12mae.shards.parallel import _spans, write_shards_distributed  # noqa: E402
-from s12mae.shards.write import PLAN  # noqa: E402
-from s12mae.simulate import SimulationConfig, write_simulated  # noqa: E402
+from s12mae.cli import main
+from s12mae.shards import ShardConfig, read_manifest, write_shards
+from s12mae.shards.parallel import _spans, write_shards_distributed
+from s12mae.shards.write import PLAN
+from s12mae.simulate import SimulationConfig, write_simulated
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ from s12mae.cli import main
 pytest_plugins = ["fixtures_servers"]  # the stac_server fixture
 pytest.importorskip("pystac_client", reason="pystac-client is not installed (pip install pystac-client)")
 
-from test_stac import AOI, archive  # noqa: E402
+from test_stac import AOI, archive
 
 
 def test_pair_stac_from_the_command_line(stac_server, tmp_path, capsys):

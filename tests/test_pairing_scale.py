@@ -11,9 +11,8 @@ import pytest
 from s12mae import pairing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_pairing import generate  # noqa: E402
-
-from test_pairing import item, table  # noqa: E402
+from bench_pairing import generate
+from test_pairing import item, table
 
 
 def same(a: pairing.PairResult, b: pairing.PairResult) -> None:

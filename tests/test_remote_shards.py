@@ -10,8 +10,8 @@ import pytest
 
 from s12mae import storage
 from s12mae.cli import main
-from s12mae.shards import ShardConfig, ShardStream, is_shard_set, read_manifest, read_samples, write_shard_set
 from s12mae.sensors import get_sensor
+from s12mae.shards import ShardConfig, ShardStream, is_shard_set, read_manifest, read_samples, write_shard_set
 from s12mae.simulate import SimulationConfig, write_simulated
 
 pytest_plugins = ["fixtures_servers"]  # the s3 fixture

@@ -37,7 +37,15 @@ from typing import Any
 
 from s12mae.distributed import TaskBar, gather_in_order, worker_cached
 from s12mae.files import atomic_write, remove_stale_temps
-from s12mae.shards.format import MANIFEST, PROGRESS, SHARD_RE, ShardConfig, json_bytes, manifest_bytes, new_manifest
+from s12mae.shards.format import (
+    MANIFEST,
+    PROGRESS,
+    SHARD_RE,
+    ShardConfig,
+    json_bytes,
+    manifest_bytes,
+    new_manifest,
+)
 from s12mae.shards.write import (
     PLAN,
     Placed,
