@@ -18,7 +18,7 @@ import s12mae
 PACKAGE = Path(s12mae.__file__).resolve().parent
 
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"files", "paths", "storage", "rng", "times", "resources"}),
+    ("foundations", {"files", "paths", "rng", "times", "resources", "storage", "distributed"}),
     ("sensor specs", {"sensors"}),
     ("raw samples, model input, models", {"inputs", "readers", "simulate", "models"}),
     ("pairing and layouts", {"pairing", "layouts", "stac", "stac_items"}),

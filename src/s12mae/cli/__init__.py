@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
@@ -90,8 +90,15 @@ def build_parser(cmd: Command) -> ArgumentParser:
         parser.add_function_arguments(cmd.config, None)
         return parser
     if cmd.positional:
-        rest = {f.name for f in fields(cmd.config)} - set(cmd.positional)
-        parser.add_class_arguments(cmd.config, None, as_group=False, as_positional=True, skip=rest)
+        given = {f.name: f for f in fields(cmd.config)}
+        required = [n for n in cmd.positional if given[n].default is MISSING and given[n].default_factory is MISSING]
+        parser.add_class_arguments(cmd.config, None, as_group=False, as_positional=True,
+                                   skip=set(given) - set(required))
+        hints = get_type_hints(cmd.config)
+        for name in cmd.positional:  # an optional positional (``s12mae pair [s2] | --stac URL``)
+            if name not in required:
+                parser.add_argument(name, nargs="?", type=hints[name], default=given[name].default,
+                                    help=f"{name}, optional here (the field {name} of {cmd.config.__name__})")
     parser.add_class_arguments(cmd.config, None, skip=set(cmd.positional))
     return parser
 

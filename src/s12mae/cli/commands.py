@@ -86,13 +86,33 @@ def simulate(cfg: SimulateCommand) -> None:
 class PairCommand:
     """Inputs, output and matching rules of the pairing."""
 
-    s2: str
+    s2: str | None = None
     """S2 metadata: an SSL4EO-S12 root (``s2c``/``s2a``/``s1`` folders) or modality folder, a
-    parquet/CSV index, or STAC (Item/ItemCollection/Catalog JSON, or a catalog folder)."""
+    parquet/CSV index, or STAC (Item/ItemCollection/Catalog JSON, or a catalog folder). Not with
+    ``--stac``."""
     s1: str | None = None
     """S1 metadata in the same forms; ``None``: ``s2`` itself (its ``s1/`` folder)."""
     out: str = "pairs"
-    """Output folder for ``pairs.parquet`` and ``s2_only.parquet``."""
+    """Output folder (or ``s3://``/``gs://`` prefix with ``--stac``) for ``pairs.parquet`` and
+    ``s2_only.parquet``."""
+    stac: str | None = None
+    """Search this STAC API instead of reading ``s2``/``s1`` (landing page URL, e.g.
+    ``https://earth-search.aws.element84.com/v1``); see ``s12mae.stac``."""
+    collections: str = "sentinel-2-l1c,sentinel-1-grd"
+    """With ``--stac``: the S2 collection, then the S1 collection, comma-separated."""
+    bbox: str | None = None
+    """With ``--stac``: area as ``minlon,minlat,maxlon,maxlat`` in degrees."""
+    intersects: str | None = None
+    """With ``--stac``: area as GeoJSON (a geometry, Feature or FeatureCollection), inline or the
+    path/URL of a ``.geojson`` file. Not together with ``bbox``."""
+    datetime: str | None = None
+    """With ``--stac``: RFC 3339 instant, day or interval (``2022-03-01/2022-05-31``)."""
+    max_cloud: float | None = None
+    """With ``--stac``: largest S2 ``eo:cloud_cover`` in percent (``None``: no limit)."""
+    orbit_state: Literal["ascending", "descending"] | None = None
+    """With ``--stac``: keep only S1 items of this orbit direction (``None``: both)."""
+    max_items: int | None = None
+    """With ``--stac``: stop after this many items per collection (``None``: all pages)."""
     max_days: float = DEFAULT_MAX_DAYS
     """Pair only if ``|t_S1 - t_S2| <= max_days x 24 h`` (the paper's 7)."""
     min_overlap: float = DEFAULT_MIN_OVERLAP
@@ -108,14 +128,48 @@ class PairCommand:
     """Spatial join grid cell in degrees (speed only)."""
     threads: int | None = None
     """DuckDB threads (``None``: all cores)."""
+    partition_days: float | None = None
+    """Search the S2 items in time windows this many days wide (bounded memory for archives of
+    tens of millions of rows; the result is the same). ``None``: all at once."""
+    memory_limit: str | None = None
+    """DuckDB memory limit, e.g. ``4GB`` (``None``: DuckDB's default, 80 % of RAM)."""
+    temp_directory: str | None = None
+    """Folder where DuckDB spills joins beyond ``memory_limit``."""
     quiet: bool = False
     """Print nothing."""
 
 
-def pair(cfg: PairCommand) -> None:
-    from s12mae.pairing import pair_cli
+_STAC_FIELDS = ("stac", "collections", "bbox", "intersects", "datetime", "max_cloud", "orbit_state", "max_items")
 
-    pair_cli(**asdict(cfg))
+
+def _numbers(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.strip("[]() ").split(","))
+    except ValueError:
+        raise ValueError(f"--{name}: need comma-separated numbers, not {text!r}") from None
+
+
+def pair(cfg: PairCommand) -> None:
+    options = {k: v for k, v in asdict(cfg).items() if k not in _STAC_FIELDS}
+    if cfg.stac is None:
+        if cfg.s2 is None:
+            raise ValueError("s12mae pair: give the S2 metadata (a folder, index or STAC file) or --stac URL")
+        from s12mae.pairing import pair_cli
+
+        pair_cli(**options)
+        return
+    if cfg.s2 is not None or cfg.s1 is not None:
+        raise ValueError("s12mae pair: --stac searches the API for both sensors; leave out s2 and --s1")
+    from s12mae.stac import StacSearchConfig, pair_stac
+
+    search = StacSearchConfig(
+        url=cfg.stac, collections=tuple(c.strip() for c in cfg.collections.split(",")),  # type: ignore[arg-type]
+        bbox=None if cfg.bbox is None else _numbers(cfg.bbox, "bbox"),  # type: ignore[arg-type]
+        intersects=cfg.intersects, datetime=cfg.datetime, max_cloud=cfg.max_cloud,
+        orbit_state=cfg.orbit_state, max_items=cfg.max_items)
+    for key in ("s2", "s1", "out", "quiet", "s2_product"):
+        options.pop(key)
+    pair_stac(search, cfg.out, quiet=cfg.quiet, **options)
 
 
 @dataclass
@@ -138,13 +192,27 @@ class ShardsCommand:
     split: list[str] | None = None
     """Only these splits, in layouts that have splits (``bigearthnet-v2``: ``train``,
     ``validation``, ``test``); ``None``: every sample."""
+    cluster: str | None = None
+    """Spread the scenes over Dask workers: ``local:N`` (N worker processes here) or the address of a
+    running scheduler, ``tcp://HOST:PORT`` (e.g. a SLURM cluster of dask-jobqueue); the shard set is
+    byte-identical to the in-process one. ``None``: in this process (needs no Dask)."""
+    progress: bool = True
+    """Show the live progress bars of a ``cluster`` run (scenes, chips/s, ETA)."""
 
 
 def shards(cfg: ShardsCommand) -> None:
-    from s12mae.shards import write_shard_set
+    if cfg.cluster is None:
+        from s12mae.shards import write_shard_set
 
-    write_shard_set(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad, overwrite=cfg.overwrite,
-                    split=cfg.split)
+        write_shard_set(cfg.data, cfg.out, cfg.shards, layout=cfg.layout, skip_bad=cfg.skip_bad,
+                        overwrite=cfg.overwrite, split=cfg.split)
+        return
+    from s12mae.distributed import parse_cluster
+    from s12mae.shards.parallel import write_shard_set_dask
+
+    parse_cluster(cfg.cluster)  # a bad spec is an error before the dataset is listed
+    write_shard_set_dask(cfg.data, cfg.out, cfg.shards, cfg.cluster, layout=cfg.layout, skip_bad=cfg.skip_bad,
+                         overwrite=cfg.overwrite, progress=cfg.progress, split=cfg.split)
 
 
 @dataclass
@@ -162,12 +230,16 @@ class StatsCommand:
     split: list[str] | None = None
     """Splits to compute over, in layouts that have splits (``bigearthnet-v2``); ``None``: the
     training split there (statistics must not see test data), every sample elsewhere."""
+    cluster: str | None = None
+    """Compute on Dask workers: ``local:N`` or ``tcp://HOST:PORT`` (see ``s12mae shards --cluster``);
+    mean, std and counts equal the in-process ones up to float rounding, percentiles come from an
+    equally sized random sample. ``None``: in this process."""
 
 
 def stats(cfg: StatsCommand) -> None:
     from s12mae.stats import compute_stats_file
 
-    compute_stats_file(cfg.data, cfg.out, cfg.sensors, layout=cfg.layout, split=cfg.split)
+    compute_stats_file(cfg.data, cfg.out, cfg.sensors, layout=cfg.layout, split=cfg.split, cluster=cfg.cluster)
 
 
 @dataclass

@@ -62,7 +62,7 @@ from s12mae.pairing.results import (
     s2_only_table,
     write_outputs,
 )
-from s12mae.pairing.search import Candidates, Match, Query, candidates, connect, select_best
+from s12mae.pairing.search import Candidates, Match, Query, best_candidates, connect
 from s12mae.readers.ssl4eo import product_of
 
 __all__ = [
@@ -77,6 +77,7 @@ __all__ = [
     "Items",
     "Match",
     "PairResult",
+    "Resources",
     "items_from_ssl4eo",
     "items_from_stac",
     "items_from_table",
@@ -144,25 +145,38 @@ def _unpaired(n: int, best: Candidates) -> np.ndarray:
     return lone
 
 
+@dataclass(frozen=True)
+class Resources:
+    """How the search uses memory (results never depend on these; see :mod:`~s12mae.pairing.search`)."""
+
+    threads: int | None = None
+    """DuckDB threads (default: all cores)."""
+    partition_days: float | None = None
+    """Search the S2 items in time windows this many days wide, each against the S1 items near it
+    (``None``: all at once). Bounds the join's memory by one window's share; 30-90 days suits
+    archives of tens of millions of rows (ours)."""
+    memory_limit: str | None = None
+    """DuckDB's memory limit, e.g. ``"4GB"`` (default: DuckDB's, 80 % of RAM)."""
+    temp_directory: str | None = None
+    """Where DuckDB spills joins that exceed ``memory_limit`` (default: DuckDB's, ``.tmp`` beside
+    an on-disk database; none for this in-memory one, so set it with ``memory_limit``)."""
+
+
 def _search(
-    s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, threads: int | None, timings: dict[str, float]
+    s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, res: Resources, timings: dict[str, float]
 ) -> tuple[Candidates, Candidates | None]:
     """The best S1 of every S2 within ``max_days``, and the nearest one (within ``nearest_days``)
     of the S2 items left without."""
-    con = connect(threads)
+    con = connect(res.threads, res.memory_limit, res.temp_directory)
     try:
         t = _time.perf_counter()
-        found = candidates(con, s2, s1, rule.query(s2_placed, rule.max_days))
-        timings["join_s"] = _time.perf_counter() - t
-        t = _time.perf_counter()
-        best = select_best(s2, s1, found, rule.min_overlap)
-        timings["select_s"] = _time.perf_counter() - t
+        best = best_candidates(con, s2, s1, rule.query(s2_placed, rule.max_days), res.partition_days)
+        timings["join_select_s"] = _time.perf_counter() - t
         t = _time.perf_counter()
         lone = _unpaired(len(s2), best)
         near = None
         if rule.searches_nearest and (lone & s2_placed).any():
-            found = candidates(con, s2, s1, rule.query(lone & s2_placed, rule.nearest_days))
-            near = select_best(s2, s1, found, rule.min_overlap)
+            near = best_candidates(con, s2, s1, rule.query(lone & s2_placed, rule.nearest_days), res.partition_days)
         timings["nearest_s"] = _time.perf_counter() - t
     finally:
         con.close()
@@ -201,6 +215,9 @@ def pair(
     cell_deg: float = 1.0,
     threads: int | None = None,
     s2_product: str = DEFAULT_S2_PRODUCT,
+    partition_days: float | None = None,
+    memory_limit: str | None = None,
+    temp_directory: str | None = None,
 ) -> PairResult:
     """Pair every S2 item with its closest-in-time same-place S1 item (see the module docstring).
 
@@ -220,8 +237,11 @@ def pair(
             depend on it).
         threads: DuckDB threads (default: all cores).
         s2_product: the SSL4EO-S12 S2 folder (``s2c`` L1C, as in the paper, or ``s2a`` L2A).
+        partition_days, memory_limit, temp_directory: bounded memory at archive scale, see
+            :class:`Resources` (the result does not depend on them).
     """
     rule = _Rule(max_days, min_overlap, match, nearest_days, cell_deg)
+    resources = Resources(threads, partition_days, memory_limit, temp_directory)
     t0 = _time.perf_counter()
     s2_items = load_items(s2, product=s2_product, family="s2")
     s1_items = load_items(s1, product=product_of("s1"), family="s1")
@@ -229,7 +249,7 @@ def pair(
     timings = {"load_s": _time.perf_counter() - t0}
     _share_location_codes(s2_items, s1_items)
     s2_placed, s1_usable = _placeable(s2_items, s1_items, match)
-    best, near = _search(s2_items, s1_items, s2_placed, rule, threads, timings)
+    best, near = _search(s2_items, s1_items, s2_placed, rule, resources, timings)
     lone = np.flatnonzero(_unpaired(len(s2_items), best))
     unplaced = "no_location" if match == "location" else "no_footprint"
     stats: dict[str, Any] = pair_stats(s2_items, s1_items, best, lone, s2_placed, s1_usable)
@@ -258,6 +278,9 @@ def pair_cli(
     cell_deg: float = 1.0,
     threads: int | None = None,
     quiet: bool = False,
+    partition_days: float | None = None,
+    memory_limit: str | None = None,
+    temp_directory: str | None = None,
 ) -> dict[str, Any]:
     """``s12mae pair``: pair S2 with S1 acquisitions; write ``out/pairs.parquet`` and ``out/s2_only.parquet``.
 
@@ -276,6 +299,7 @@ def pair_cli(
         cell_deg: spatial join grid cell, degrees (speed only).
         threads: DuckDB threads (default: all cores).
         quiet: print nothing.
+        partition_days, memory_limit, temp_directory: bounded memory, see :class:`Resources`.
 
     Returns the statistics (counts, seconds).
     """
@@ -289,6 +313,9 @@ def pair_cli(
         cell_deg=cell_deg,
         threads=threads,
         s2_product=s2_product,
+        partition_days=partition_days,
+        memory_limit=memory_limit,
+        temp_directory=temp_directory,
     )
     t = _time.perf_counter()
     paths = write_outputs(res, out)

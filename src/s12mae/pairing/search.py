@@ -8,6 +8,14 @@ part pair). The bbox intersection over the S2 area is an upper bound of the over
 boxes. Location candidates join on (location, time bucket) the same way. A window function then
 keeps, per S2, only the candidates ranked no worse than its best *certain* one (a location match,
 or boxes whose overlap is exact); exact overlaps (vectorised shapely) are computed only for those.
+
+Bounded memory at archive scale (:func:`best_candidates`): the S2 items are taken in time windows
+of ``partition_days``; each window is searched against the S1 items within the search window
+(``max_days`` or ``nearest_days``) of it only, and its best candidates are chosen before the next
+window. Every S2 item's candidates all fall in its own window's search (they are within the search
+window of it), and the choice is made per S2 item, so the result is exactly the unpartitioned one.
+DuckDB's ``memory_limit`` and ``temp_directory`` (:func:`connect`) bound the join itself and let
+it spill to disk.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import shapely
 from s12mae.pairing.geometry import as_geometries
 from s12mae.pairing.items import Items
 
-__all__ = ["Candidates", "Match", "Query", "candidates", "connect", "exact_overlap", "select_best"]
+__all__ = ["Candidates", "Match", "Query", "best_candidates", "candidates", "connect", "exact_overlap",
+           "select_best"]
 
 Match = Literal["auto", "footprint", "location"]
 
@@ -79,6 +88,7 @@ class Query:
         min_overlap: smallest area(S2 & S1) / area(S2) of a footprint match.
         match: how "same place" is decided (``auto``, ``footprint``, ``location``).
         cell_deg: grid cell of the spatial join, degrees (speed only).
+        s1_mask: ``(N1,)`` the S1 items to search among (``None``: all).
     """
 
     s2_mask: np.ndarray
@@ -86,6 +96,7 @@ class Query:
     min_overlap: float
     match: Match
     cell_deg: float
+    s1_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -105,13 +116,22 @@ class _TimeBuckets:
         return cls(b2, b1, int(max(b2.max(initial=0), b1.max(initial=0))) + 3)
 
 
-def connect(threads: int | None) -> Any:
-    """A DuckDB connection with ``threads`` threads (default: all cores)."""
+def connect(threads: int | None, memory_limit: str | None = None, temp_directory: str | None = None) -> Any:
+    """A DuckDB connection with ``threads`` threads (default: all cores), at most ``memory_limit``
+    of memory for its operators (DuckDB's form, e.g. ``"4GB"``; default: DuckDB's, 80 % of RAM)
+    and ``temp_directory`` to spill joins and sorts to once the limit is reached."""
     import duckdb
 
-    return duckdb.connect(
-        config={"threads": int(threads or os.cpu_count() or 1), "preserve_insertion_order": False}
-    )
+    config: dict[str, Any] = {"threads": int(threads or os.cpu_count() or 1), "preserve_insertion_order": False}
+    if memory_limit is not None:
+        config["memory_limit"] = str(memory_limit)
+    if temp_directory is not None:
+        config["temp_directory"] = str(temp_directory)
+    try:
+        return duckdb.connect(config=config)
+    except duckdb.Error as err:
+        raise ValueError(f"DuckDB refused memory_limit={memory_limit!r} / temp_directory={temp_directory!r}: "
+                         f"{err}") from None
 
 
 def _query(con: Any, tables: dict[str, pa.Table], sql: str) -> dict[str, np.ndarray]:
@@ -162,11 +182,13 @@ def _cell_table(
 
 
 def _footprint_sides(
-    s2: Items, s1: Items, s2_mask: np.ndarray, match: Match
+    s2: Items, s1: Items, s2_mask: np.ndarray, match: Match, s1_mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Items that take part in the footprint join. Under ``auto``, pairs where both sides have a
     location are decided by location (whole sides are dropped where that is certain)."""
     s2_ok, s1_ok = s2_mask & s2.has_geom, s1.has_geom.copy()
+    if s1_mask is not None:
+        s1_ok &= s1_mask
     if match == "auto":
         if (s1.loc_code >= 0).all():
             s2_ok &= s2.loc_code < 0
@@ -198,7 +220,7 @@ def _footprint_sql(count: int, cell: float, window_us: int, match: Match) -> str
 
 def _footprint_candidates(con: Any, s2: Items, s1: Items, query: Query) -> Candidates | None:
     """Same-place-by-footprint candidates: grid cell x time bucket join, bbox upper bound >= min."""
-    s2_ok, s1_ok = _footprint_sides(s2, s1, query.s2_mask, query.match)
+    s2_ok, s1_ok = _footprint_sides(s2, s1, query.s2_mask, query.match, query.s1_mask)
     window_us, cell = query.window_us, query.cell_deg
     s2_parts, s1_parts = np.flatnonzero(s2_ok[s2.part_item]), np.flatnonzero(s1_ok[s1.part_item])
     if not (len(s2_parts) and len(s1_parts)):
@@ -226,11 +248,11 @@ def _footprint_candidates(con: Any, s2: Items, s1: Items, query: Query) -> Candi
 
 
 def _location_candidates(
-    con: Any, s2: Items, s1: Items, s2_mask: np.ndarray, window_us: int
+    con: Any, s2: Items, s1: Items, s2_mask: np.ndarray, window_us: int, s1_mask: np.ndarray | None = None
 ) -> Candidates | None:
     """Same-place-by-location candidates: location x time bucket join."""
     s2_rows = np.flatnonzero(s2_mask & (s2.loc_code >= 0))
-    s1_rows = np.flatnonzero(s1.loc_code >= 0)
+    s1_rows = np.flatnonzero((s1.loc_code >= 0) & (True if s1_mask is None else s1_mask))
     if not (len(s2_rows) and len(s1_rows)):
         return None
     buckets = _TimeBuckets.of(s2, s1, window_us)
@@ -292,7 +314,7 @@ def candidates(con: Any, s2: Items, s1: Items, query: Query) -> Candidates:
     if query.match in ("auto", "footprint"):
         parts.append(_footprint_candidates(con, s2, s1, query))
     if query.match in ("auto", "location"):
-        parts.append(_location_candidates(con, s2, s1, query.s2_mask, query.window_us))
+        parts.append(_location_candidates(con, s2, s1, query.s2_mask, query.window_us, query.s1_mask))
     found = [p for p in parts if p is not None]
     return _prune(con, Candidates.concat(found)) if found else Candidates.concat([])
 
@@ -361,3 +383,37 @@ def select_best(s2: Items, s1: Items, cand: Candidates, min_overlap: float) -> C
     first = np.r_[True, keys[0][1:] != keys[0][:-1]]
     winners = _smallest_id_of_ties(s1, sel, order, keys, first, order[first])
     return sel.take(winners)
+
+
+def best_candidates(con: Any, s2: Items, s1: Items, query: Query, partition_days: float | None = None,
+                    on_partition: Any = None) -> Candidates:
+    """The best candidate of every S2 item of ``query`` (:func:`candidates`, then :func:`select_best`).
+
+    With ``partition_days``, the S2 items are searched window by window (``partition_days`` wide,
+    from the earliest S2 time), each against the S1 items within ``query.window_us`` of the window
+    only, so that the join's tables and results stay bounded by one window's share; the result is
+    the same as without (see the module docstring). ``on_partition(done, total)`` reports progress.
+    """
+    if partition_days is None or not len(s2) or not query.s2_mask.any():
+        return select_best(s2, s1, candidates(con, s2, s1, query), query.min_overlap)
+    if not partition_days > 0:
+        raise ValueError(f"partition_days must be > 0, not {partition_days!r}")
+    width = max(1, round(partition_days * 86_400_000_000))
+    t2 = s2.t_us
+    t0 = int(t2[query.s2_mask].min())
+    window = (t2 - t0) // width  # (N2,) window of each S2 item; < 0 only for items outside the mask
+    todo = np.unique(window[query.s2_mask])
+    order = np.argsort(s1.t_us, kind="stable")  # S1 rows by time: each window's S1 is one slice
+    t1 = s1.t_us[order]
+    parts = []
+    for i, k in enumerate(todo):
+        lo, hi = t0 + int(k) * width - query.window_us, t0 + (int(k) + 1) * width + query.window_us
+        s1_mask = np.zeros(len(s1), bool)
+        s1_mask[order[np.searchsorted(t1, lo, "left"):np.searchsorted(t1, hi, "right")]] = True
+        part = Query(query.s2_mask & (window == k), query.window_us, query.min_overlap, query.match,
+                     query.cell_deg, s1_mask if query.s1_mask is None else s1_mask & query.s1_mask)
+        parts.append(select_best(s2, s1, candidates(con, s2, s1, part), query.min_overlap))
+        if on_partition is not None:
+            on_partition(i + 1, len(todo))
+    best = Candidates.concat(parts)
+    return best.take(np.argsort(best.s2, kind="stable"))

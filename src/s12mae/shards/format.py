@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from s12mae import storage
 from s12mae.sensors import get_sensor
 
 __all__ = [
@@ -117,21 +118,31 @@ class ShardConfig:
 
 
 def is_shard_set(path: str | Path | None) -> bool:
-    """Whether ``path`` is the folder of a complete shard set (it holds the manifest)."""
-    return path is not None and (Path(path) / MANIFEST).is_file()
+    """Whether ``path`` (a folder, or an ``s3://``/``gs://``/``https://`` prefix) is a complete shard
+    set (it holds the manifest)."""
+    if path is None:
+        return False
+    if storage.is_url(path):
+        return storage.exists(storage.join(path, MANIFEST))
+    return (Path(path) / MANIFEST).is_file()
 
 
-def shard_files(path: Path) -> list[Path]:
-    """The complete shards of the set in folder ``path``, in index order (temporaries are not listed)."""
-    return sorted(p for p in path.iterdir() if SHARD_RE.match(p.name))
+def shard_files(path: str | Path) -> list[Any]:
+    """The complete shards of the set at ``path``, in index order (temporaries are not listed):
+    :class:`~pathlib.Path` objects in a local folder, URLs under a URL."""
+    if storage.is_url(path):
+        return storage.list_files(path, SHARD_RE)
+    return sorted(p for p in Path(path).iterdir() if SHARD_RE.match(p.name))
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest ``shards.json`` of the shard set in folder ``path``."""
-    file = Path(path) / MANIFEST
+    """The manifest ``shards.json`` of the shard set at ``path`` (a folder or a URL prefix)."""
+    file = storage.join(path, MANIFEST)
     try:
-        manifest = json.loads(file.read_text())
-    except FileNotFoundError:
+        manifest = json.loads(storage.read_bytes(file))
+    except (FileNotFoundError, storage.StorageError) as err:
+        if isinstance(err, storage.StorageError) and "not found" not in str(err):
+            raise
         raise ValueError(f"{file}: not found; the shard set is incomplete (rerun `s12mae shards`)") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{file}: not valid JSON ({err})") from None

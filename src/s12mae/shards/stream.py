@@ -3,6 +3,10 @@
 :class:`ShardStream` serves a shard set to training as an endless, rank- and worker-split stream
 in exactly the sample format of :class:`s12mae.data.ArrayDataset`; :func:`shard_loader` batches
 it. Only complete ``shard-NNNNNN.tar`` files are read: a writer's temporaries never are.
+
+A shard set is a local folder or an object-storage prefix (``s3://``, ``gs://``, ``https://``):
+shards are listed, sized and streamed through :mod:`s12mae.storage` (fsspec; each shard is read
+front to back in 4 MiB ranges, never staged whole on disk).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from s12mae import storage
 from s12mae.inputs import NodataPolicy, model_inputs
 from s12mae.sensors import SensorSpec
 from s12mae.shards.format import MANIFEST, decode_sample, npy_load, read_manifest, shard_files, unpack_valid
@@ -26,15 +31,27 @@ __all__ = ["ShardStream", "read_samples", "read_shard", "resume_epoch", "shard_l
 
 log = logging.getLogger(__name__)
 
-BadMember = Callable[[Path, str, str], None]
+Location = Path | str
+"""A shard or shard set: a local path, or a URL (:mod:`s12mae.storage`)."""
+BadMember = Callable[[Location, str, str], None]
 """``bad(shard, member, reason)``: raises, or records and lets the reader go on."""
 
 
-def _raise(shard: Path, member: str, reason: str) -> None:
+def _raise(shard: Location, member: str, reason: str) -> None:
     raise ValueError(f"{shard}: member {member}: {reason}")
 
 
-def read_shard(shard: Path, expect: Mapping[str, Any] | None,
+def _name(shard: Location) -> str:
+    """The file name of a shard path or URL."""
+    return Path(shard).name if isinstance(shard, Path) else str(shard).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _location(path: str | Path) -> Location:
+    """A URL stays a string (without a trailing ``/``); anything else is a :class:`~pathlib.Path`."""
+    return str(path).rstrip("/") if storage.is_url(path) else Path(path)
+
+
+def read_shard(shard: Location, expect: Mapping[str, Any] | None,
                bad: BadMember = _raise) -> Iterator[dict[str, Any]]:
     """Decoded raw samples ``{"__key__", "__shard__", "json", <ext>: array}`` of one shard.
 
@@ -42,14 +59,13 @@ def read_shard(shard: Path, expect: Mapping[str, Any] | None,
     member that fails to decode (its sample is dropped) or a count/size that disagrees with
     ``expect`` (the shard's manifest entry); it raises or records.
     """
-    if expect is not None and shard.stat().st_size != expect["bytes"]:
-        bad(shard, "-", f"is {shard.stat().st_size} bytes, the manifest says {expect['bytes']} "
-                        "(truncated or overwritten)")
+    if expect is not None and (size := storage.size(shard)) != expect["bytes"]:
+        bad(shard, "-", f"is {size} bytes, the manifest says {expect['bytes']} (truncated or overwritten)")
         return
     current: dict[str, Any] = {}
     bad_key, member, count = None, "-", 0
     try:
-        with tarfile.open(shard, mode="r|") as tar:
+        with storage.open_input(shard) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for info in tar:
                 member = info.name
                 key, _, ext = member.partition(".")
@@ -71,7 +87,6 @@ def read_shard(shard: Path, expect: Mapping[str, Any] | None,
                     bad(shard, member, f"cannot be decoded ({err})")
                     bad_key = key
             end = tar.offset  # tarfile ends quietly at a truncation on a block boundary: check the marker
-        with open(shard, "rb") as f:
             f.seek(end)
             if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
                 raise tarfile.ReadError("no end-of-archive marker after the last member")
@@ -85,15 +100,16 @@ def read_shard(shard: Path, expect: Mapping[str, Any] | None,
         bad(shard, "-", f"holds {count} samples, the manifest says {expect['samples']}")
 
 
-def _expected(path: Path) -> dict[str, dict[str, Any]]:
+def _expected(path: Location) -> dict[str, dict[str, Any]]:
     """Manifest entries by shard name; none for a set without a manifest (a crashed writer's)."""
-    if not (path / MANIFEST).exists():
+    if not storage.exists(storage.join(path, MANIFEST)):
         return {}
     return {s["name"]: s for s in read_manifest(path)["shards"]}
 
 
 def read_samples(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The chips of a shard set (folder, in index order) or of one shard, in reader format.
+    """The chips of a shard set (folder or URL prefix, in index order) or of one shard (``.tar``),
+    in reader format.
 
     Yields ``{"id", "scene_id", "index", "crop", "meta", <sensor>: (C, H, W) stored dtype,
     "valid.<sensor>": (C, H, W) bool, "label.*": ...}``; for inspection, statistics and tests.
@@ -101,10 +117,11 @@ def read_samples(path: str | Path) -> Iterator[dict[str, Any]]:
     Raises:
         ValueError: a corrupt or truncated shard or an undecodable member (names file and member).
     """
-    path = Path(path)
-    shards, expected = (shard_files(path), _expected(path)) if path.is_dir() else ([path], {})
+    path = _location(path)
+    one = str(path).endswith(".tar") if isinstance(path, str) else not path.is_dir()
+    shards, expected = ([path], {}) if one else (shard_files(path), _expected(path))
     for shard in shards:
-        for raw in read_shard(shard, expected.get(shard.name)):
+        for raw in read_shard(shard, expected.get(_name(shard))):
             yield decode_sample(raw)
 
 
@@ -129,7 +146,8 @@ class ShardStream(IterableDataset):
     so their epoch counters may drift apart; within an epoch no sample goes to two consumers.
 
     Args:
-        path: shard-set folder; only ``shard-NNNNNN.tar`` files are read (temps are ignored).
+        path: shard-set folder or URL prefix (``s3://``, ``gs://``, ``https://``); only
+            ``shard-NNNNNN.tar`` files are read (temps are ignored).
         sensors: specs of the sensors to serve (their statistics standardise the values).
         seed: run seed.
         rank: this process's rank; world: the number of ranks.
@@ -149,15 +167,15 @@ class ShardStream(IterableDataset):
     def __init__(self, path: str | Path, sensors: Sequence[SensorSpec], seed: int, rank: int = 0,
                  world: int = 1, shuffle_buffer: int = 256, epoch: int = 0, nodata: NodataPolicy = "error",
                  extra_keys: Sequence[str] = (), skip_bad: bool = False) -> None:
-        self.path = Path(path)
-        if not self.path.is_dir():
+        self.path = _location(path)
+        if isinstance(self.path, Path) and not self.path.is_dir():
             raise ValueError(f"{self.path}: no such shard-set folder")
         self.shards = shard_files(self.path)
         if not self.shards:
             raise ValueError(f"{self.path}: holds no shard-NNNNNN.tar files")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in [0, {world})")
-        self.manifest = read_manifest(self.path) if (self.path / MANIFEST).exists() else None
+        self.manifest = read_manifest(self.path) if storage.exists(storage.join(self.path, MANIFEST)) else None
         self.expected = _expected(self.path)
         if self.manifest is not None:
             _check_sensors(self.path, self.manifest, sensors)
@@ -193,15 +211,15 @@ class ShardStream(IterableDataset):
         for sample in _shuffled(raw, self.shuffle_buffer, rng):
             yield self._to_training(sample)
 
-    def _bad(self, shard: Path, member: str, reason: str) -> None:
+    def _bad(self, shard: Location, member: str, reason: str) -> None:
         msg = f"{shard}: member {member}: {reason}"
         if not self.skip_bad:
             raise ValueError(msg)
         log.warning("skipping %s", msg)
         self.skipped.append((str(shard), member, reason))
 
-    def _read_shard(self, shard: Path) -> Iterator[dict[str, Any]]:
-        return read_shard(shard, self.expected.get(shard.name), self._bad)
+    def _read_shard(self, shard: Location) -> Iterator[dict[str, Any]]:
+        return read_shard(shard, self.expected.get(_name(shard)), self._bad)
 
     def _to_training(self, raw: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Raw decoded sample to the ArrayDataset format (standardised float32, index, masks)."""
@@ -229,7 +247,7 @@ class ShardStream(IterableDataset):
         return out
 
 
-def _check_sensors(path: Path, manifest: Mapping[str, Any], sensors: Sequence[SensorSpec]) -> None:
+def _check_sensors(path: Location, manifest: Mapping[str, Any], sensors: Sequence[SensorSpec]) -> None:
     """The shard set holds every sensor asked for, with the spec's bands in the spec's order."""
     have = manifest["sensors"]
     for spec in sensors:

@@ -45,6 +45,10 @@ __all__ = ["write_shard_set", "write_shards"]
 
 log = logging.getLogger(__name__)
 
+PLAN = "shards.plan.json"
+"""Chips per scene and the scene counters of a distributed run (:mod:`s12mae.shards.parallel`),
+kept until the manifest is written so that a rerun writes only the missing shards."""
+
 Chip = dict[str, Any]
 Placed = tuple[Chip, int, int, dict[str, Any]]
 """A chip with its scene position, its number in the scene and the counters before its scene."""
@@ -174,28 +178,36 @@ def _fresh_counters() -> dict[str, Any]:
     return {"scenes": 0, "used": 0, "missing_sensor": 0, "too_small": 0, "low_valid_chips": 0, "skipped": []}
 
 
+def _scene_at(samples: Sequence[Mapping[str, Any]], pos: int, cfg: ShardConfig, counters: dict[str, Any],
+              skip_bad: bool) -> list[Chip]:
+    """The chips of scene ``pos`` of ``samples``; ``counters`` (live) count it. The one home of the
+    per-scene rule, shared by the one-process writer and the Dask one (:mod:`s12mae.shards.parallel`)."""
+    counters["scenes"] += 1
+    try:
+        sample = samples[pos]
+        if any(k not in sample for k in cfg.sensors):
+            counters["missing_sensor"] += 1
+            return []
+        found, dropped = _scene_chips(sample, cfg, f"sample {pos}")
+    except ValueError as err:
+        if not skip_bad:
+            raise
+        log.warning("skipping sample %d: %s", pos, err)
+        counters["skipped"].append([pos, str(err)])
+        return []
+    counters["used"] += 1
+    counters["too_small"] += not found and not dropped
+    counters["low_valid_chips"] += dropped
+    return found
+
+
 def _placed_chips(samples: Sequence[Mapping[str, Any]], cfg: ShardConfig, state: Mapping[str, Any],
                   counters: dict[str, Any], skip_bad: bool) -> Iterator[Placed]:
     """The chips from the resume point of ``state`` on; ``counters`` (live) count the scenes read."""
     start, after_chip = state["scene"], state["after_chip"]
     for pos in range(start, len(samples)):
         before = plain(counters)
-        counters["scenes"] += 1
-        try:
-            sample = samples[pos]
-            if any(k not in sample for k in cfg.sensors):
-                counters["missing_sensor"] += 1
-                continue
-            found, dropped = _scene_chips(sample, cfg, f"sample {pos}")
-        except ValueError as err:
-            if not skip_bad:
-                raise
-            log.warning("skipping sample %d: %s", pos, err)
-            counters["skipped"].append([pos, str(err)])
-            continue
-        counters["used"] += 1
-        counters["too_small"] += not found and not dropped
-        counters["low_valid_chips"] += dropped
+        found = _scene_at(samples, pos, cfg, counters, skip_bad)
         for j, chip in enumerate(found):
             if pos == start and j <= after_chip:  # written before the interruption
                 continue
@@ -216,7 +228,7 @@ def _remove_leftovers(out: Path, num_shards: int) -> None:
 
 def _check_same_input(out: Path, cfg: ShardConfig, num_input: int, overwrite: bool) -> None:
     """A folder holding a set (or a partial one) of another config or input is an error or is cleared."""
-    for name in (MANIFEST, PROGRESS):
+    for name in (MANIFEST, PROGRESS, PLAN):
         path = out / name
         if not path.exists():
             continue
@@ -226,7 +238,7 @@ def _check_same_input(out: Path, cfg: ShardConfig, num_input: int, overwrite: bo
                 raise ValueError(f"{path}: holds a shard set written with another config or from "
                                  "another input; choose another folder or pass overwrite=True")
             _remove_leftovers(out, 0)
-            for stale in (MANIFEST, PROGRESS):
+            for stale in (MANIFEST, PROGRESS, PLAN):
                 (out / stale).unlink(missing_ok=True)
 
 
@@ -317,8 +329,9 @@ def write_shard_set(data: str | Path, out: str | Path, cfg: ShardConfig, layout:
     ``s2-all``); only ``cfg.sensors`` (and ``cfg.labels``, where given) are read. Under ``skip_bad``
     the manifest records samples that fail to load; samples a reader already found bad while
     listing the dataset are printed (they never reach the writer). ``split`` keeps only those
-    splits of a layout that has splits (see :func:`s12mae.layouts.open_layout`). Prints a one-line
-    summary.
+    splits of a layout that has splits (see :func:`s12mae.layouts.open_layout`). Prints a summary
+    that lists the skipped samples with their reasons. On a Dask cluster:
+    :func:`s12mae.shards.parallel.write_shard_set_dask` (the same bytes).
 
     Returns:
         The manifest of :func:`write_shards`.
@@ -327,10 +340,22 @@ def write_shard_set(data: str | Path, out: str | Path, cfg: ShardConfig, layout:
 
     samples = open_layout(layout, data, [*cfg.sensors, *(cfg.labels or [])], skip_bad=skip_bad, split=split)
     manifest = write_shards(samples, out, cfg, skip_bad=skip_bad, overwrite=overwrite)
+    print_summary(manifest, out, layout, list(getattr(samples, "skipped", [])))
+    return manifest
+
+
+def print_summary(manifest: Mapping[str, Any], out: str | Path, layout: str, listed_bad: list[Any],
+                  most: int = 20) -> None:
+    """One line of counts, then each skipped sample with its reason (the first ``most`` of them)."""
     sc = manifest["scenes"]
-    listed_bad = list(getattr(samples, "skipped", []))
     print(f"wrote {manifest['num_samples']} chips in {manifest['num_shards']} shard(s) to {out} "
           f"({sc['used']} of {sc['scenes']} scenes used; {sc['missing_sensor']} lack a sensor, "
           f"{len(sc['skipped'])} skipped as bad, {sc['too_small']} smaller than a chip"
-          + (f"; the {layout} reader left out {len(listed_bad)}: {listed_bad}" if listed_bad else "") + ")")
-    return manifest
+          + (f"; the {layout} reader left out {len(listed_bad)}" if listed_bad else "") + ")")
+    bad = [(f"sample {pos}", str(reason)) for pos, reason in sc["skipped"]]
+    bad += [(str(b[0]), f"{b[1]} (left out by the reader)") if isinstance(b, (tuple, list)) and len(b) == 2
+            else (str(b), "left out by the reader") for b in listed_bad]
+    for name, reason in bad[:most]:
+        print(f"  skipped {name}: {reason}")
+    if len(bad) > most:
+        print(f"  ... and {len(bad) - most} more (shards.json lists the samples skipped as bad)")
