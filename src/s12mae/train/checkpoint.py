@@ -132,7 +132,7 @@ def load_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
     """Load an FSDP checkpoint's shards into ``model`` and ``optimizer`` (sharded the same way or
     not: DCP reshards) and return the loop state; a collective. One clear error if corrupt."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     state_path = folder / "state.pt"
     try:
@@ -141,9 +141,17 @@ def load_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
         raise ValueError(f"{state_path}: unreadable or corrupt checkpoint state ({err})") from None
     shards = _dcp_state(model, optimizer)
     try:
+        saved = set(dcp.FileSystemReader(str(folder / "dcp")).read_metadata().state_dict_metadata)
+        # A parameter that never had a gradient (e.g. a token the run's tasks never use) has no
+        # optimizer state in the checkpoint, while a fresh optimizer's template holds zeros for it.
+        optim_state = shards["optimizer"]["state"]
+        for name in [n for n, v in optim_state.items() if any(f"optimizer.state.{n}.{k}" not in saved for k in v)]:
+            del optim_state[name]
         dcp.load(shards, checkpoint_id=str(folder / "dcp"))
     except Exception as err:  # DCP wraps reader errors in CheckpointException
         raise ValueError(f"{folder / 'dcp'}: unreadable sharded checkpoint, or written for another "
                          f"model ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    # strict=False for those stateless parameters only: dcp.load above found every model key
+    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"],
+                   options=StateDictOptions(strict=False))
     return state

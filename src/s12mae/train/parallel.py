@@ -78,8 +78,9 @@ def shard_method(method: nn.Module, bf16: bool) -> None:
     for unit in units:
         fully_shard(unit, mp_policy=policy)
     fully_shard(method, mp_policy=policy)
-    for unit in [*units, method]:
+    for unit in [*units, method]:  # sum, with plain SUM collectives (gloo has no PREMUL_SUM)
         unit.set_gradient_divide_factor(1.0)  # type: ignore[operator]
+        unit.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]
 
 
 def full_state_dict(method: nn.Module) -> dict[str, Any]:
