@@ -34,12 +34,20 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from s12mae.config import PretrainConfig, upgrade_saved_config
-from s12mae.data import ArrayDataset, available_rows, load_arrays, model_batch, sensor_specs, task_loader, to_device
+from s12mae.data import (
+    ArrayDataset,
+    available_rows,
+    load_arrays,
+    model_batch,
+    sensor_specs,
+    task_loader,
+    to_device,
+)
 from s12mae.files import atomic_write
 from s12mae.methods import build_method
 from s12mae.runtime import autocast_context, resolve_device, set_lr
-from s12mae.shards import is_shard_set
 from s12mae.sensors import SensorSpec
+from s12mae.shards import is_shard_set
 from s12mae.train import parallel
 from s12mae.train.checkpoint import (
     is_sharded,

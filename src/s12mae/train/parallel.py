@@ -40,7 +40,7 @@ def set_grad_checkpointing(method: nn.Module, enable: bool) -> None:
     if not callable(hook):
         raise ValueError(f"train.grad_checkpointing: the encoder of this method ({type(encoder).__name__}) "
                          "has no set_grad_checkpointing(); this version of s12mae cannot checkpoint it, "
-                         "set train.grad_checkpointing=false")
+                         "set train.grad_checkpointing=false")  # noqa: TRY004 (a config error)
     hook(True)
 
 
