@@ -4,10 +4,16 @@ Usage:
     python benchmarks/bench_step.py                      # CPU presets: demo, tiny, small
     python benchmarks/bench_step.py --preset gpu_base    # ViT-B/16, 224 px, 13 bands, bf16 on CUDA
 
-Prints one Markdown table row per case: samples/s over the timed steps (after warmup), and on
-CUDA the model-FLOPs utilisation. FLOPs are counted with ``torch.utils.flop_counter`` over one
+Prints one Markdown table row per case: samples/s over the timed steps (after warmup), on
+CUDA the model-FLOPs utilisation, and the peak memory of the timed steps (CUDA: max allocated;
+CPU: the process's peak resident set so far, which never goes down). FLOPs are counted with ``torch.utils.flop_counter`` over one
 training step (forward + backward; matmuls and attention, 2 FLOPs per multiply-add), the
 optimizer excluded, divided by the step time and the card's dense bf16 peak (``--peak_tflops``).
+On CUDA the step runs as training runs it there: bf16 autocast, SDPA attention (timm), AdamW
+with ``--optimizer adamw`` (fused kernel), transformer blocks compiled (``--compile``, default
+on CUDA) and optionally ``--grad_checkpointing``. Ready for a GPU: ``--preset gpu_base --method
+mae auxmae mixmae --optimizer adamw`` gives the ViT-B/16, 224 px, 13-band rows of each method
+and task.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ from contextlib import nullcontext
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from s12mae.config import OptimConfig
 from s12mae.methods.auxmae import AuxMAE
 from s12mae.methods.mae import MAE
 from s12mae.models.vit import build_encoder
+from s12mae.train.optim import build_optimizer
+from s12mae.train.parallel import compile_blocks, set_grad_checkpointing
 
 PRESETS = {  # name: (encoder, decoder, img_size, batch)
     "demo": ("vit_nano_patch8", "vitlite_128d2b", 64, 32),
@@ -34,6 +43,9 @@ PRESETS = {  # name: (encoder, decoder, img_size, batch)
 
 
 MIX_DROP_RATIO = 0.0  # set by --mix_drop_ratio
+COMPILE = False  # set by --compile
+GRAD_CHECKPOINTING = False  # set by --grad_checkpointing
+OPTIMIZER = "adafactor"  # set by --optimizer
 
 
 def build(method: str, encoder: str, decoder: str, img_size: int) -> torch.nn.Module:
@@ -59,11 +71,15 @@ def run_case(preset: str, method: str, steps: int, warmup: int, device: torch.de
     """One row per task of the method."""
     encoder, decoder, img_size, batch_size = PRESETS[preset]
     model = build(method, encoder, decoder, img_size).to(device)
-    opt = torch.optim.Adafactor(model.parameters(), lr=1e-3)
+    opt = build_optimizer(model, OptimConfig(name=OPTIMIZER, lr=1e-4))  # the training recipe's
     batch = {"s2_l1c": torch.randn(batch_size, 13, img_size, img_size, device=device),
              "s1_grd": torch.randn(batch_size, 2, img_size, img_size, device=device),
              "index": torch.arange(batch_size, device=device)}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    if GRAD_CHECKPOINTING:
+        set_grad_checkpointing(model, True)
+    if COMPILE:
+        compile_blocks(model)
     return [_time_task(model, opt, batch, task, amp, steps, warmup, device, peak,
                        f"| {preset} | {method}{_suffix(method)}:{task} | {encoder} + {decoder} | {img_size} | {batch_size} | ")
             for task in model.tasks]
@@ -90,6 +106,7 @@ def _time_task(model, opt, batch, task, amp, steps, warmup, device, peak, prefix
     flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for i in range(steps):
         step(warmup + i)
@@ -98,7 +115,15 @@ def _time_task(model, opt, batch, task, amp, steps, warmup, device, peak, prefix
     seconds = (time.perf_counter() - t0) / steps
     sps = batch_size / seconds
     mfu = f"{flops / seconds / (peak * 1e12):.1%}" if device.type == "cuda" and peak else "-"
-    return f"{prefix}{sps:.1f} | {flops / batch_size / 1e9:.2f} | {mfu} |"
+    return f"{prefix}{sps:.1f} | {flops / batch_size / 1e9:.2f} | {mfu} | {_peak_memory_gb(device):.2f} |"
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def main() -> None:
@@ -110,16 +135,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--mix_drop_ratio", type=float, default=0.0, help="MixMAE: fraction of positions dropped")
     ap.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+                    help="torch.compile the transformer blocks (auto: on CUDA)")
+    ap.add_argument("--grad_checkpointing", action="store_true", help="recompute encoder activations")
+    ap.add_argument("--optimizer", default="adafactor", choices=["adafactor", "adamw"],
+                    help="built by s12mae.train.optim.build_optimizer, as in training")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global MIX_DROP_RATIO
-    MIX_DROP_RATIO = args.mix_drop_ratio
+    global MIX_DROP_RATIO, COMPILE, GRAD_CHECKPOINTING, OPTIMIZER
+    MIX_DROP_RATIO, OPTIMIZER = args.mix_drop_ratio, args.optimizer
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    COMPILE = device.type == "cuda" if args.compile == "auto" else args.compile == "true"
+    GRAD_CHECKPOINTING = args.grad_checkpointing
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| preset | method:task | encoder + decoder | px | batch | samples/s | train GFLOPs/sample | MFU |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"compile {COMPILE}, grad checkpointing {GRAD_CHECKPOINTING}")
+    mem = "peak GiB (CUDA max allocated)" if device.type == "cuda" else "peak GiB (process RSS)"
+    print(f"| preset | method:task | encoder + decoder | px | batch | samples/s | train GFLOPs/sample | MFU | {mem} |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for preset in args.preset:
         for method in args.method:
             for row in run_case(preset, method, args.steps, args.warmup, device, args.peak_tflops):
