@@ -11,7 +11,13 @@ same-round ratios, by wall clock and by CPU time) beside their FLOP ratio.
 
 FLOPs are counted with ``torch.utils.flop_counter`` over one training step (forward + backward;
 matmuls and attention, 2 FLOPs per multiply-add), the optimizer excluded, divided by the step
-time and the card's dense bf16 peak (``--peak_tflops``).
+time and the card's dense bf16 peak (``--peak_tflops``). The last column is the peak memory of the
+timed steps (CUDA: max allocated since the case's first timed round; CPU: the process's peak
+resident set so far, which never goes down). On CUDA the step runs as training runs it there:
+bf16 autocast, SDPA attention (timm), AdamW with ``--optimizer adamw`` (fused kernel), blocks
+compiled (``--compile``, default on CUDA) and optionally ``--grad_checkpointing``. Ready for a GPU:
+``--preset gpu_base --method mae auxmae mixmae --optimizer adamw`` gives the ViT-B/16, 224 px,
+13-band rows of each method and task.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from s12mae.methods.auxmae import AuxMAE
 from s12mae.methods.mae import MAE
 from s12mae.models.vit import build_encoder
 from s12mae.train.optim import build_optimizer
+from s12mae.train.parallel import compile_blocks, set_grad_checkpointing
 
 PRESETS = {  # name: (encoder, decoder, img_size, batch)
     "demo": ("vit_nano_patch8", "vitlite_128d2b", 64, 32),
@@ -103,9 +110,19 @@ class Case:
         sync()
         self.wall.append((time.perf_counter() - w0) / steps)
         self.cpu.append((time.process_time() - c0) / steps)
+        self.peak_gb = max(getattr(self, "peak_gb", 0.0), _peak_memory_gb(self.device))
 
 
-def build_cases(preset: str, methods: list[str], device: torch.device, peak: float, optimizer: str) -> list[Case]:
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def build_cases(preset: str, methods: list[str], device: torch.device, peak: float, optimizer: str,
+                compile_: bool = False, grad_checkpointing: bool = False) -> list[Case]:
     """One case per task of each method, all on the same batch."""
     encoder, decoder, img_size, batch_size = PRESETS[preset]
     batch = {"s2_l1c": torch.randn(batch_size, 13, img_size, img_size, device=device),
@@ -117,18 +134,25 @@ def build_cases(preset: str, methods: list[str], device: torch.device, peak: flo
         torch.manual_seed(0)
         model = build(method, encoder, decoder, img_size).to(device)
         opt = build_optimizer(model, OptimConfig(name=optimizer, lr=1e-4))  # the training recipe's
+        if grad_checkpointing:
+            set_grad_checkpointing(model, True)
+        if compile_:
+            compile_blocks(model)
         cases += [Case(preset, method, task, model, opt, batch, amp, device, peak) for task in model.tasks]
     return cases
 
 
 def run_preset(preset: str, methods: list[str], rounds: int, steps: int, warmup: int,
-               device: torch.device, peak: float, optimizer: str) -> list[Case]:
+               device: torch.device, peak: float, optimizer: str, compile_: bool = False,
+               grad_checkpointing: bool = False) -> list[Case]:
     """Warm up every case, then time them in interleaved rounds (A, B, ..., then reversed)."""
-    cases = build_cases(preset, methods, device, peak, optimizer)
+    cases = build_cases(preset, methods, device, peak, optimizer, compile_, grad_checkpointing)
     for case in cases:
         for _ in range(warmup):
             case.step()
         case.flops = case.count_flops()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for r in range(rounds):
         for case in cases if r % 2 == 0 else cases[::-1]:
             case.time_round(steps)
@@ -141,7 +165,7 @@ def row(case: Case) -> str:
     mfu = f"{case.flops / seconds / (case.peak * 1e12):.1%}" if case.device.type == "cuda" and case.peak else "-"
     return (f"| {case.preset} | {case.method}{_suffix(case.method)}:{case.task} | {encoder} + {decoder} | "
             f"{img_size} | {case.batch_size} | {case.batch_size / seconds:.1f} | "
-            f"{case.flops / case.batch_size / 1e9:.2f} | {mfu} |")
+            f"{case.flops / case.batch_size / 1e9:.2f} | {mfu} | {case.peak_gb:.2f} |")
 
 
 def ratio_row(preset: str, mix: Case, mae: Case) -> str:
@@ -163,6 +187,9 @@ def main() -> None:
                     help="built by s12mae.train.optim.build_optimizer (AdamW fused where torch has the kernel)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--mix_drop_ratio", type=float, default=0.0, help="MixMAE: fraction of positions dropped")
+    ap.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+                    help="torch.compile the transformer blocks (auto: on CUDA only, as in training)")
+    ap.add_argument("--grad_checkpointing", action="store_true", help="recompute block activations in backward")
     ap.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     args = ap.parse_args()
     if args.threads:
@@ -171,14 +198,16 @@ def main() -> None:
     MIX_DROP_RATIO = args.mix_drop_ratio
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    compile_ = args.compile == "true" or (args.compile == "auto" and device.type == "cuda")
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"optimizer {args.optimizer}")
-    print("| preset | method:task | encoder + decoder | px | batch | samples/s | train GFLOPs/sample | MFU |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"optimizer {args.optimizer}, compile {compile_}, grad checkpointing {args.grad_checkpointing}")
+    mem = "peak GiB (CUDA max allocated)" if device.type == "cuda" else "peak GiB (process RSS)"
+    print(f"| preset | method:task | encoder + decoder | px | batch | samples/s | train GFLOPs/sample | MFU | {mem} |")
+    print("|---|---|---|---|---|---|---|---|---|")
     ratios = []
     for preset in args.preset:
         cases = run_preset(preset, args.method, args.rounds, args.steps, args.warmup, device, args.peak_tflops,
-                           args.optimizer)
+                           args.optimizer, compile_, args.grad_checkpointing)
         for case in cases:
             print(row(case), flush=True)
         by_task = {(c.method, c.task): c for c in cases}

@@ -98,7 +98,7 @@ def test_non_finite_input_names_the_sample_unless_masked(tmp_path):
     arr.flush()
     cfg = tiny_config(str(tmp_path / "r"), steps=2)
     cfg.data.path = str(data)
-    with pytest.raises(ValueError, match="sample 5 has 1 nodata"):
+    with pytest.raises(ValueError, match=r"task .mae.: sample\(s\) \[5\] have 1 nodata"):
         pretrain(cfg)
     cfg.data.nodata = "mask"
     cfg.train.out_dir = str(tmp_path / "r2")

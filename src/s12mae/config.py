@@ -216,6 +216,16 @@ class TrainConfig:
     """torch CPU threads per process; ``None`` leaves torch's default."""
     progress: bool = True
     """Show a progress bar with loss and samples/s."""
+    compile: bool | Literal["auto"] = "auto"
+    """``torch.compile`` the transformer blocks: ``auto`` = on CUDA only, ``true`` also on CPU
+    (needs a C++ compiler; pays for long runs), ``false`` never."""
+    grad_checkpointing: bool = False
+    """Recompute the encoder blocks' activations in the backward pass: less memory, ~1/3 more
+    compute (for large encoders or large micro-batches)."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """With several ranks: ``ddp`` replicates the model (one all-reduce per step); ``fsdp``
+    shards parameters, gradients and optimizer state over the ranks (FSDP2; for ViT-L and
+    larger) and writes sharded checkpoints (torch.distributed.checkpoint)."""
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"train.steps: must be > 0, got {self.steps}")

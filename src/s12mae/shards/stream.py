@@ -159,6 +159,10 @@ class ShardStream(IterableDataset):
         extra_keys: label keys (``label.*``) to serve as tensors.
         skip_bad: a corrupt or truncated shard, or a member that fails to decode, is logged and
             recorded in :attr:`skipped` (per process) instead of raising.
+        standardise: serve model inputs (default); ``False`` serves the stored values (int16/uint16
+            DN, float16/float32 dB) and the stored valid mask as bool, for the training loop to
+            standardise per batch on its device (:func:`s12mae.data.model_batch`; ``nodata``
+            applies there).
 
     Attributes:
         skipped: ``(shard, member, reason)`` of everything skipped by this process.
@@ -166,7 +170,7 @@ class ShardStream(IterableDataset):
 
     def __init__(self, path: str | Path, sensors: Sequence[SensorSpec], seed: int, rank: int = 0,
                  world: int = 1, shuffle_buffer: int = 256, epoch: int = 0, nodata: NodataPolicy = "error",
-                 extra_keys: Sequence[str] = (), skip_bad: bool = False) -> None:
+                 extra_keys: Sequence[str] = (), skip_bad: bool = False, standardise: bool = True) -> None:
         self.path = _location(path)
         if isinstance(self.path, Path) and not self.path.is_dir():
             raise ValueError(f"{self.path}: no such shard-set folder")
@@ -181,7 +185,7 @@ class ShardStream(IterableDataset):
             _check_sensors(self.path, self.manifest, sensors)
         self.sensors, self.seed, self.rank, self.world = list(sensors), seed, rank, world
         self.shuffle_buffer, self.epoch, self.nodata = shuffle_buffer, epoch, nodata
-        self.extra_keys, self.skip_bad = list(extra_keys), skip_bad
+        self.extra_keys, self.skip_bad, self.standardise = list(extra_keys), skip_bad, standardise
         self.skipped: list[tuple[str, str, str]] = []
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -222,7 +226,8 @@ class ShardStream(IterableDataset):
         return read_shard(shard, self.expected.get(_name(shard)), self._bad)
 
     def _to_training(self, raw: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Raw decoded sample to the ArrayDataset format (standardised float32, index, masks)."""
+        """Raw decoded sample to the ArrayDataset format (standardised float32, index, masks; or
+        stored values and masks without ``standardise``)."""
         head = raw.get("json")
         if head is None:
             raise ValueError(f"{raw['__shard__']}: sample {raw['__key__']}: has no .json member")
@@ -236,6 +241,9 @@ class ShardStream(IterableDataset):
             if stored.ndim != 3:  # one sample: (C, H, W); model_inputs checks the channels
                 raise ValueError(f"{where}: {spec.key} has shape {stored.shape}, expected (C, H, W)")
             valid = torch.from_numpy(unpack_valid(packed, stored.shape[-1]))
+            if not self.standardise:
+                out[spec.key], out[f"valid.{spec.key}"] = torch.from_numpy(stored), valid
+                continue
             x, ok = model_inputs(spec, torch.from_numpy(stored), valid, nodata=self.nodata, where=where)
             if self.nodata == "mask":
                 out[f"valid.{spec.key}"] = ok
@@ -278,14 +286,19 @@ def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iter
 def shard_loader(path: str | Path, sensors: Sequence[SensorSpec], micro_batch_size: int, seed: int,
                  rank: int = 0, world: int = 1, num_workers: int = 0, shuffle_buffer: int = 256,
                  epoch: int = 0, nodata: NodataPolicy = "error",
-                 extra_keys: Sequence[str] = (), skip_bad: bool = False) -> DataLoader:
+                 extra_keys: Sequence[str] = (), skip_bad: bool = False, standardise: bool = True,
+                 pin_memory: bool | None = None) -> DataLoader:
     """Endless loader of this rank's micro-batches from a shard set (see :class:`ShardStream`).
 
     ``iter(loader)`` then ``next()`` gives ``{sensor: (B, C, H, W) float32, "index": (B,) int64,
     ["valid.<sensor>": (B, C, H, W) bool]}``, as :func:`s12mae.data.task_loader` does. Batches
-    run on across epoch boundaries; each DataLoader worker batches its own share.
+    run on across epoch boundaries; each DataLoader worker batches its own share. Without
+    ``standardise`` the sensors come in their stored dtype with ``valid.<sensor>`` masks (see
+    :class:`ShardStream`). ``pin_memory`` (default: when CUDA is available) page-locks batches
+    for asynchronous copies; workers are persistent.
     """
     stream = ShardStream(path, sensors, seed, rank, world, shuffle_buffer, epoch, nodata, extra_keys,
-                         skip_bad)
+                         skip_bad, standardise)
     return DataLoader(stream, batch_size=micro_batch_size, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available())
+                      persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)

@@ -34,12 +34,29 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from s12mae.config import PretrainConfig, upgrade_saved_config
-from s12mae.data import ArrayDataset, available_rows, load_arrays, sensor_specs, task_loader
+from s12mae.data import (
+    ArrayDataset,
+    available_rows,
+    load_arrays,
+    model_batch,
+    sensor_specs,
+    task_loader,
+    to_device,
+)
 from s12mae.files import atomic_write
 from s12mae.methods import build_method
 from s12mae.runtime import autocast_context, resolve_device, set_lr
+from s12mae.sensors import SensorSpec
 from s12mae.shards import is_shard_set
-from s12mae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from s12mae.train import parallel
+from s12mae.train.checkpoint import (
+    is_sharded,
+    latest_checkpoint,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from s12mae.train.optim import build_optimizer, lr_at
 from s12mae.train.schedule import TaskSchedule
 
@@ -106,10 +123,19 @@ def _all_reduce_grads(params: Sequence[nn.Parameter], d: _Dist, bucket_bytes: in
 
 @dataclass
 class _TaskData:
-    """A task's micro-batch stream and a few samples for its picture."""
+    """A task's micro-batch stream of stored values, a few samples for its picture, and how a
+    batch becomes model inputs on the device."""
 
     loader: Any
     preview: Callable[[int], dict[str, torch.Tensor]]
+    specs: list[SensorSpec]
+    where: str
+    nodata: str
+
+    def prepare(self, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+        """Copy a stored batch to ``device`` and standardise it there (one op chain per sensor);
+        the nodata error names the batch's samples by index."""
+        return model_batch(to_device(batch, device), self.specs, self.nodata, self.where)  # type: ignore[arg-type]
 
 
 def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
@@ -134,7 +160,7 @@ def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
         if len(rows) == 0:
             raise ValueError(f"{source}: task {task!r} has an empty dataset (no sample has all of {sensors})")
         datasets[task] = ArrayDataset(arrays, sensor_specs(sensors, cfg.data.stats), cfg.data.nodata,
-                                      source=source, indices=rows)
+                                      source=source, indices=rows, standardise=False)
     return datasets
 
 
@@ -151,13 +177,15 @@ def _task_data(cfg: PretrainConfig, method: Any, d: _Dist, micro: int,
     if unknown:
         raise ValueError(f"data.task_paths names unknown task(s) {unknown}; the tasks are {list(method.tasks)}")
     arrays = _task_datasets(cfg, method)
+    pin = d.device.type == "cuda"
     out = {}
     for task in method.tasks:
         if task in arrays:
             ds = arrays[task]
             loader = task_loader(ds, steps_of[task], cfg.train.batch_size, micro, cfg.train.seed,
-                                 d.rank, d.world, cfg.data.num_workers)
-            out[task] = _TaskData(iter(loader), lambda n, ds=ds: default_collate([ds[i] for i in range(min(n, len(ds)))]))
+                                 d.rank, d.world, cfg.data.num_workers, pin_memory=pin)
+            out[task] = _TaskData(iter(loader), lambda n, ds=ds: default_collate([ds[i] for i in range(min(n, len(ds)))]),
+                                  ds.sensors, f"{ds.source}: task {task!r}", cfg.data.nodata)
             continue
         path = str(_task_path(cfg, task))
         if read_manifest(path)["num_samples"] == 0:
@@ -165,13 +193,69 @@ def _task_data(cfg: PretrainConfig, method: Any, d: _Dist, micro: int,
         specs = sensor_specs(method.task_sensors(task), cfg.data.stats)
         done = (steps_of[task][0] if steps_of[task] else 0) * cfg.train.batch_size  # task samples before start
 
-        def make(epoch: int, batch: int, path: str = path, specs: list = specs) -> Any:
-            return shard_loader(path, specs, batch, cfg.train.seed, d.rank, d.world, cfg.data.num_workers,
-                                cfg.data.shuffle_buffer, epoch, cfg.data.nodata)
+        def make(epoch: int, batch: int, path: str = path, specs: list = specs, workers: int = cfg.data.num_workers) -> Any:
+            return shard_loader(path, specs, batch, cfg.train.seed, d.rank, d.world, workers,
+                                cfg.data.shuffle_buffer, epoch, cfg.data.nodata, standardise=False, pin_memory=pin)
 
         loader = make(resume_epoch(path, done), micro)
-        out[task] = _TaskData(iter(loader), lambda n, make=make: next(iter(make(0, n))))
+        out[task] = _TaskData(iter(loader), lambda n, make=make: next(iter(make(0, n, workers=0))), specs,
+                              f"{path}: task {task!r}", cfg.data.nodata)
     return out
+
+
+def _next_batches(td: _TaskData, accum: int, device: torch.device) -> tuple[list[dict[str, torch.Tensor]], float]:
+    """The step's micro-batches as model inputs on the device, and the seconds spent waiting for
+    the loader (the data path's share of the step; ~0 when workers keep up)."""
+    batches, wait = [], 0.0
+    for _ in range(accum):
+        t0 = time.perf_counter()
+        cpu_batch = next(td.loader)
+        wait += time.perf_counter() - t0
+        batches.append(td.prepare(cpu_batch, device))
+    return batches, wait
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of the step: CUDA's max allocated bytes since the step began, or on a CPU the
+    process's peak resident set so far (``getrusage``; it never goes down), labelled."""
+    if device.type == "cuda":
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_mem_kind": "cuda_max_allocated"}
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20,
+            "peak_mem_kind": "cpu_peak_rss"}
+
+
+def _unsharded(method: nn.Module, cfg: PretrainConfig, d: _Dist, sharded: bool) -> nn.Module:
+    """An FSDP method's full weights in a plain copy on rank 0 (for pictures and the export; a
+    collective); other ranks and unsharded methods get ``method`` back."""
+    if not sharded:
+        return method
+    weights = parallel.full_state_dict(method)
+    if d.rank != 0:
+        return method
+    full = build_method(cfg).to(d.device)
+    full.load_state_dict(weights)
+    return full
+
+
+def _wrap(method: nn.Module, cfg: PretrainConfig, d: _Dist) -> bool:
+    """Checkpointing, compilation and (under ``train.parallel: fsdp``) FSDP2, in place; whether
+    the method is sharded."""
+    parallel.set_grad_checkpointing(method, cfg.train.grad_checkpointing)
+    if parallel.wants_compile(cfg.train.compile, d.device):
+        parallel.compile_blocks(method)
+    if cfg.train.parallel != "fsdp" or d.world == 1:
+        return False
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda")
+    parallel.shard_method(method, bf16)
+    return True
 
 
 def _batch_sizes(cfg: PretrainConfig, d: _Dist) -> tuple[int, int]:
@@ -270,11 +354,18 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     method = build_method(cfg).to(d.device)
+    state = load_checkpoint(resume_from, method) if resume_from is not None and not is_sharded(resume_from) else None
+    sharded = _wrap(method, cfg, d)
     optimizer = build_optimizer(method, cfg.optim)
     start = 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from, method)
-        optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(resume_from) != sharded:
+            raise ValueError(f"{resume_from}: was written {'with' if is_sharded(resume_from) else 'without'} "
+                             f"FSDP; resume it with the run's own train.parallel and number of ranks")
+        if sharded:
+            state = load_sharded_checkpoint(resume_from, method, optimizer)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         start = int(state["step"])
         _check_resumable(run_dir, cfg, start)
@@ -282,6 +373,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
             raise ValueError(f"{resume_from}: holds {start} steps, more than train.steps={cfg.train.steps}")
     if start == cfg.train.steps:  # trained, but the end of the run (pictures, export) may be missing
         history = _trim_metrics(run_dir / "metrics.jsonl", start) if d.rank == 0 else []
+        method = _unsharded(method, cfg, d, sharded)
         if d.rank == 0:
             _finish(run_dir, cfg, method, _task_data(cfg, method, d, 1, {t: [] for t in method.tasks}),
                     cfg.train.steps - 1, d.device)
@@ -290,7 +382,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     schedule = TaskSchedule(method.tasks, cfg.schedule.sequence, cfg.schedule.weights, cfg.train.seed)
     steps_of = schedule.task_steps(start, cfg.train.steps)
     data = _task_data(cfg, method, d, micro, steps_of)
-    loaders = {task: td.loader for task, td in data.items()}
     params = [p for p in method.parameters() if p.requires_grad]
     autocast = autocast_context(d.device, cfg.train.precision)
 
@@ -308,22 +399,23 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     method.train()
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
+        _reset_peak_memory(d.device)
         task = schedule.task_at(step)
-        batches = [next(loaders[task]) for _ in range(accum)]  # on the CPU until their forward
+        batches, data_wait = _next_batches(data[task], accum, d.device)  # model inputs on the device
         weights = method.term_weights(task)
-        counts = [method.denominators(b, task, step) for b in batches]  # masks only: cheap on the CPU
+        counts = [method.denominators(b, task, step) for b in batches]
         dens = torch.stack([torch.stack([c[t].float() for t in weights]) for c in counts]).sum(0)
         dens = _all_reduce(dens.to(d.device), d).clamp_min(1.0)
         sums = torch.zeros(len(weights), device=d.device)
-        for cpu_batch in batches:
-            b = {k: v.to(d.device, non_blocking=True) for k, v in cpu_batch.items()}
+        for b in batches:
             with autocast:
                 nums = method(b, task, step)
             terms = torch.stack([nums[t].float() for t in weights])
             loss = (terms / dens * torch.tensor(list(weights.values()), device=d.device)).sum()
             loss.backward()
             sums += terms.detach()
-        _all_reduce_grads(params, d)
+        if not sharded:  # FSDP2 has reduce-scattered them in the backward
+            _all_reduce_grads(params, d)
         with_grad = [p for p in params if p.grad is not None]
         max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
@@ -340,6 +432,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
             **{f"loss/{t}": v for t, v in zip(weights, term_losses)},
             "grad_norm": float(grad_norm), "lr": lr,
             "samples_per_s": cfg.train.batch_size / seconds, "seconds": seconds,
+            "data_wait_s": data_wait, **_peak_memory(d.device),
         }
         this_run.append(record)
         if d.rank == 0:
@@ -354,10 +447,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         for cb in callbacks:
             cb(step, record)
         done = step + 1
-        if d.rank == 0 and (done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps):
-            save_checkpoint(run_dir, done, method, {"optimizer": optimizer.state_dict(),
-                                                    "rng_cpu": torch.get_rng_state(), "method": cfg.method})
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+            loop_state = {"rng_cpu": torch.get_rng_state(), "method": cfg.method}
+            if sharded:  # every rank writes its shards
+                save_sharded_checkpoint(run_dir, done, method, optimizer, loop_state)
+            elif d.rank == 0:
+                save_checkpoint(run_dir, done, method, {**loop_state, "optimizer": optimizer.state_dict()})
     bar.close()
+    method = _unsharded(method, cfg, d, sharded)
     if d.rank == 0:
         _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
     if d.world > 1:
@@ -374,7 +471,7 @@ def _finish(run_dir: Path, cfg: PretrainConfig, method: Any, data: dict[str, _Ta
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     method.eval()
     for task, td in data.items():
-        batch = {k: v.to(device) for k, v in td.preview(4).items()}
+        batch = td.prepare(td.preview(4), device)
         plot_reconstructions(method.visualize(batch, task, step), run_dir / f"reconstruction_{task}.png",
                              cfg.data.stats)
     if hasattr(method, "prepare_export"):  # optional hook, e.g. MixMAE folds its sensor embeddings
