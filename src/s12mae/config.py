@@ -146,8 +146,13 @@ class DataConfig:
     and leaves them out of every loss."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
+    val_samples: int = 0
+    """Samples held out of training as the fixed validation set of the held-out loss (ours): the
+    same rows of each array dataset, drawn once with a fixed seed, never in a training batch;
+    0 = none. Shard-set tasks need their own held-out shards (not supported yet)."""
 
     def __post_init__(self) -> None:
+        _check(self.val_samples >= 0, f"data.val_samples: must be >= 0, got {self.val_samples}")
         _check(self.num_workers >= 0, f"data.num_workers: must be >= 0, got {self.num_workers}")
         _check(self.shuffle_buffer >= 1, f"data.shuffle_buffer: must be >= 1, got {self.shuffle_buffer}")
 
@@ -216,8 +221,18 @@ class TrainConfig:
     """torch CPU threads per process; ``None`` leaves torch's default."""
     progress: bool = True
     """Show a progress bar with loss and samples/s."""
+    logger: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
+    """Sinks of the step records: ``jsonl`` (``metrics.jsonl``, always written), ``tensorboard``
+    (event files in ``<out_dir>/tensorboard``), ``wandb`` (the ``[wandb]`` extra; offline unless
+    ``WANDB_MODE`` says otherwise)."""
+    eval_every: int = 0
+    """Held-out reconstruction loss of every task every this many steps (and at the last step) on
+    the ``data.val_samples`` held-out samples; 0 = never (ours)."""
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.logger) - {"jsonl", "tensorboard", "wandb"})
+        _check(not unknown, f"train.logger: unknown logger(s) {unknown}; known: jsonl, tensorboard, wandb")
+        _check(self.eval_every >= 0, f"train.eval_every: must be >= 0, got {self.eval_every}")
         _check(self.steps > 0, f"train.steps: must be > 0, got {self.steps}")
         _check(self.batch_size > 0, f"train.batch_size: must be > 0, got {self.batch_size}")
         _check(

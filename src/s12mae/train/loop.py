@@ -40,6 +40,8 @@ from s12mae.methods import build_method
 from s12mae.runtime import autocast_context, resolve_device, set_lr
 from s12mae.shards import is_shard_set
 from s12mae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from s12mae.train.heldout import held_out_losses, split_held_out
+from s12mae.train.loggers import Sinks, open_sinks
 from s12mae.train.optim import build_optimizer, lr_at
 from s12mae.train.schedule import TaskSchedule
 
@@ -110,6 +112,8 @@ class _TaskData:
 
     loader: Any
     preview: Callable[[int], dict[str, torch.Tensor]]
+    held_out: ArrayDataset | None = None
+    """The task's validation set (``data.val_samples``), never in its training batches."""
 
 
 def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
@@ -150,14 +154,16 @@ def _task_data(cfg: PretrainConfig, method: Any, d: _Dist, micro: int,
     unknown = sorted(set(cfg.data.task_paths or {}) - set(method.tasks))
     if unknown:
         raise ValueError(f"data.task_paths names unknown task(s) {unknown}; the tasks are {list(method.tasks)}")
-    arrays = _task_datasets(cfg, method)
+    arrays, held_out = split_held_out(_task_datasets(cfg, method), method.tasks, cfg.data.val_samples,
+                                      cfg.train.eval_every)
     out = {}
     for task in method.tasks:
         if task in arrays:
             ds = arrays[task]
             loader = task_loader(ds, steps_of[task], cfg.train.batch_size, micro, cfg.train.seed,
                                  d.rank, d.world, cfg.data.num_workers)
-            out[task] = _TaskData(iter(loader), lambda n, ds=ds: default_collate([ds[i] for i in range(min(n, len(ds)))]))
+            out[task] = _TaskData(iter(loader), lambda n, ds=ds: default_collate([ds[i] for i in range(min(n, len(ds)))]),
+                                  held_out.get(task))
             continue
         path = str(_task_path(cfg, task))
         if read_manifest(path)["num_samples"] == 0:
@@ -203,7 +209,8 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
 # Settings that may change when a run is resumed: they do not change what is computed, except
 # train.steps, which stretches the cosine schedule from the resumed step on.
 _RESUME_MAY_CHANGE = {"train.steps", "train.progress", "train.threads", "train.log_every",
-                      "train.checkpoint_every", "train.device", "data.num_workers"}
+                      "train.checkpoint_every", "train.device", "data.num_workers", "train.logger",
+                      "train.eval_every"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -245,7 +252,7 @@ def _trim_metrics(path: Path, start_step: int) -> list[dict[str, Any]]:
         if record["step"] < start_step:
             kept.append(record)
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
-    return kept
+    return [r for r in kept if "loss" in r]  # the step records; held-out ones carry "val_loss"
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> RunResult:
@@ -296,9 +303,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
 
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
+    sinks = Sinks()
     if d.rank == 0:
         atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         history = _trim_metrics(metrics_path, start)
+        sinks = open_sinks(cfg.train.logger, run_dir, cfg.to_dict())
+    val_cache: dict[str, list] = {}
     this_run: list[dict[str, Any]] = []
     show = cfg.train.progress and d.rank == 0
     interactive = show and sys.stderr.isatty()
@@ -346,6 +356,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
             if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+                sinks.log(record)
             bar.set_postfix(task=task, loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}")
             bar.update(1)
             if show and not interactive and (step % every == 0 or step == cfg.train.steps - 1):
@@ -354,10 +365,17 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         for cb in callbacks:
             cb(step, record)
         done = step + 1
+        if d.rank == 0 and cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
+            held = {t: td.held_out for t, td in data.items() if td.held_out is not None}
+            for val_record in held_out_losses(method, held, micro, d.device, autocast, step, val_cache):
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(val_record) + "\n")
+                sinks.log(val_record)
         if d.rank == 0 and (done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps):
             save_checkpoint(run_dir, done, method, {"optimizer": optimizer.state_dict(),
                                                     "rng_cpu": torch.get_rng_state(), "method": cfg.method})
     bar.close()
+    sinks.close()
     if d.rank == 0:
         _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
     if d.world > 1:
