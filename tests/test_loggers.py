@@ -11,8 +11,8 @@ import torch
 import yaml
 from conftest import tiny_config
 
-import s12mae.train.loop as loop
 from s12mae.config import TrainConfig
+from s12mae.train import loop
 from s12mae.train.heldout import held_out_rows
 from s12mae.train.loop import pretrain
 
