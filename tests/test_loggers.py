@@ -116,3 +116,15 @@ def test_bad_logger_and_held_out_settings_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="simulated data: data.val_samples=24 leaves task 'mae' no training sample"):
         pretrain(_cfg(tmp_path, val_samples=24))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the first step
+
+
+def test_a_resumed_run_may_add_a_logger_which_gets_the_new_steps(tmp_path, one_thread):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    pretrain(_cfg(tmp_path, val_samples=0, steps=2, eval_every=0, checkpoint_every=2))
+    pretrain(_cfg(tmp_path, val_samples=0, steps=4, eval_every=0, checkpoint_every=2,
+                  logger=["jsonl", "tensorboard"]), resume=True)
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("mae/loss")] == [2, 3]
+    assert [r["step"] for r in _lines(tmp_path / "run")] == [0, 1, 2, 3]

@@ -64,14 +64,15 @@ class TensorBoardSink:
     """Event files in ``<run>/tensorboard``: scalars tagged ``<task>/<field>`` (``mae/loss``,
     ``mae/val_loss``, ``mae/lr``...), the config and the code version as text."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], version: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], version: dict[str, Any], start: int = 0) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise ImportError("train.logger: tensorboard needs the [tensorboard] extra "
                               "(pip install 's12mae[tensorboard]')") from e
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        # purge_step: a resumed run hides what an interrupted session logged after its checkpoint
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start or None)
         self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
         self.writer.add_text("version", "```json\n" + json.dumps(version) + "\n```", 0)
 
@@ -87,7 +88,7 @@ class WandbSink:
     """A Weights & Biases run in ``<run>/wandb`` (offline unless ``WANDB_MODE`` is set), with the
     config and code version as its config; metrics keyed ``<task>/<field>``."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], version: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], version: dict[str, Any], start: int = 0) -> None:
         try:
             import wandb
         except ImportError as e:
@@ -123,9 +124,10 @@ class Sinks:
 _SINKS = {"tensorboard": TensorBoardSink, "wandb": WandbSink}
 
 
-def open_sinks(names: Sequence[str], run_dir: Path, config: dict[str, Any]) -> Sinks:
+def open_sinks(names: Sequence[str], run_dir: Path, config: dict[str, Any], start: int = 0) -> Sinks:
     """Write ``run_info.json`` (config + code version) into ``run_dir`` and open the sinks named
-    in ``names`` (``jsonl`` is the loop's own ``metrics.jsonl`` and needs none)."""
+    in ``names`` (``jsonl`` is the loop's own ``metrics.jsonl`` and needs none) for a session
+    that begins at step ``start``."""
     version = code_version()
     atomic_write(run_dir / "run_info.json", json.dumps({"code_version": version, "config": config}, indent=1))
-    return Sinks([_SINKS[n](run_dir, config, version) for n in dict.fromkeys(names) if n != "jsonl"])
+    return Sinks([_SINKS[n](run_dir, config, version, start) for n in dict.fromkeys(names) if n != "jsonl"])

@@ -307,7 +307,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     if d.rank == 0:
         atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         history = _trim_metrics(metrics_path, start)
-        sinks = open_sinks(cfg.train.logger, run_dir, cfg.to_dict())
+        sinks = open_sinks(cfg.train.logger, run_dir, cfg.to_dict(), start)
     val_cache: dict[str, list] = {}
     this_run: list[dict[str, Any]] = []
     show = cfg.train.progress and d.rank == 0
