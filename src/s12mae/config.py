@@ -146,8 +146,13 @@ class DataConfig:
     and leaves them out of every loss."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
+    val_samples: int = 0
+    """Samples held out of training as the fixed validation set of the held-out loss (ours): the
+    same rows of each array dataset, drawn once with a fixed seed, never in a training batch;
+    0 = none. Shard-set tasks need their own held-out shards (not supported yet)."""
 
     def __post_init__(self) -> None:
+        _check(self.val_samples >= 0, f"data.val_samples: must be >= 0, got {self.val_samples}")
         _check(self.num_workers >= 0, f"data.num_workers: must be >= 0, got {self.num_workers}")
         _check(self.shuffle_buffer >= 1, f"data.shuffle_buffer: must be >= 1, got {self.shuffle_buffer}")
 
@@ -226,8 +231,21 @@ class TrainConfig:
     """With several ranks: ``ddp`` replicates the model (one all-reduce per step); ``fsdp``
     shards parameters, gradients and optimizer state over the ranks (FSDP2; for ViT-L and
     larger) and writes sharded checkpoints (torch.distributed.checkpoint)."""
+    logger: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
+    """Sinks of the step records: ``jsonl`` (``metrics.jsonl``, always written), ``tensorboard``
+    (event files in ``<out_dir>/tensorboard``), ``wandb`` (the ``[wandb]`` extra; offline unless
+    ``WANDB_MODE`` says otherwise)."""
+    eval_every: int = 0
+    """Held-out reconstruction loss of every task every this many steps (and at the last step) on
+    the ``data.val_samples`` held-out samples; 0 = never (ours)."""
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.logger) - {"jsonl", "tensorboard", "wandb"})
+        _check(not unknown, f"train.logger: unknown logger(s) {unknown}; known: jsonl, tensorboard, wandb")
+        _check(self.eval_every >= 0, f"train.eval_every: must be >= 0, got {self.eval_every}")
+        _check(not (self.eval_every and self.parallel == "fsdp"),
+               "train.eval_every: the held-out loss runs on rank 0 alone, which an FSDP-sharded model "
+               "cannot do; use train.parallel=ddp or train.eval_every=0")
         _check(self.steps > 0, f"train.steps: must be > 0, got {self.steps}")
         _check(self.batch_size > 0, f"train.batch_size: must be > 0, got {self.batch_size}")
         _check(

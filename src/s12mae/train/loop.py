@@ -57,6 +57,8 @@ from s12mae.train.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
+from s12mae.train.heldout import held_out_losses, split_held_out
+from s12mae.train.loggers import Sinks, open_sinks
 from s12mae.train.optim import build_optimizer, lr_at
 from s12mae.train.schedule import TaskSchedule
 
@@ -131,6 +133,8 @@ class _TaskData:
     specs: list[SensorSpec]
     where: str
     nodata: str
+    held_out: ArrayDataset | None = None
+    """The task's validation set (``data.val_samples``), never in its training batches."""
 
     def prepare(self, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         """Copy a stored batch to ``device`` and standardise it there (one op chain per sensor);
@@ -176,7 +180,8 @@ def _task_data(cfg: PretrainConfig, method: Any, d: _Dist, micro: int,
     unknown = sorted(set(cfg.data.task_paths or {}) - set(method.tasks))
     if unknown:
         raise ValueError(f"data.task_paths names unknown task(s) {unknown}; the tasks are {list(method.tasks)}")
-    arrays = _task_datasets(cfg, method)
+    arrays, held_out = split_held_out(_task_datasets(cfg, method), method.tasks, cfg.data.val_samples,
+                                      cfg.train.eval_every)
     pin = d.device.type == "cuda"
     out = {}
     for task in method.tasks:
@@ -185,7 +190,7 @@ def _task_data(cfg: PretrainConfig, method: Any, d: _Dist, micro: int,
             loader = task_loader(ds, steps_of[task], cfg.train.batch_size, micro, cfg.train.seed,
                                  d.rank, d.world, cfg.data.num_workers, pin_memory=pin)
             out[task] = _TaskData(iter(loader), lambda n, ds=ds: default_collate([ds[i] for i in range(min(n, len(ds)))]),
-                                  ds.sensors, f"{ds.source}: task {task!r}", cfg.data.nodata)
+                                  ds.sensors, f"{ds.source}: task {task!r}", cfg.data.nodata, held_out.get(task))
             continue
         path = str(_task_path(cfg, task))
         if read_manifest(path)["num_samples"] == 0:
@@ -287,7 +292,8 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
 # Settings that may change when a run is resumed: they do not change what is computed, except
 # train.steps, which stretches the cosine schedule from the resumed step on.
 _RESUME_MAY_CHANGE = {"train.steps", "train.progress", "train.threads", "train.log_every",
-                      "train.checkpoint_every", "train.device", "data.num_workers"}
+                      "train.checkpoint_every", "train.device", "data.num_workers", "train.logger",
+                      "train.eval_every"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -329,7 +335,7 @@ def _trim_metrics(path: Path, start_step: int) -> list[dict[str, Any]]:
         if record["step"] < start_step:
             kept.append(record)
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
-    return kept
+    return [r for r in kept if "loss" in r]  # the step records; held-out ones carry "val_loss"
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> RunResult:
@@ -387,9 +393,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
 
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
+    sinks = Sinks()
     if d.rank == 0:
         atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         history = _trim_metrics(metrics_path, start)
+        sinks = open_sinks(cfg.train.logger, run_dir, cfg.to_dict(), start)
+    val_cache: dict[str, list] = {}
     this_run: list[dict[str, Any]] = []
     show = cfg.train.progress and d.rank == 0
     interactive = show and sys.stderr.isatty()
@@ -439,6 +448,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
             if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+                sinks.log(record)
             bar.set_postfix(task=task, loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}")
             bar.update(1)
             if show and not interactive and (step % every == 0 or step == cfg.train.steps - 1):
@@ -447,6 +457,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         for cb in callbacks:
             cb(step, record)
         done = step + 1
+        if d.rank == 0 and cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
+            held = {t: td.held_out for t, td in data.items() if td.held_out is not None}
+            for val_record in held_out_losses(method, held, micro, d.device, autocast, step, val_cache,
+                                                  {t: data[t].prepare for t in held}):
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(val_record) + "\n")
+                sinks.log(val_record)
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
             loop_state = {"rng_cpu": torch.get_rng_state(), "method": cfg.method}
             if sharded:  # every rank writes its shards
@@ -454,6 +471,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
             elif d.rank == 0:
                 save_checkpoint(run_dir, done, method, {**loop_state, "optimizer": optimizer.state_dict()})
     bar.close()
+    sinks.close()
     method = _unsharded(method, cfg, d, sharded)
     if d.rank == 0:
         _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
