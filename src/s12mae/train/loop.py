@@ -40,7 +40,11 @@ from s12mae.methods import build_method
 from s12mae.runtime import autocast_context, resolve_device, set_lr
 from s12mae.shards import is_shard_set
 from s12mae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from s12mae.train.checks import EmptyTargets
+from s12mae.train.datastats import simulated_arrays, with_data_statistics
 from s12mae.train.optim import build_optimizer, lr_at
+from s12mae.train.ranks import RankErrors
+from s12mae.train.rundir import RunFolder, step_seed
 from s12mae.train.schedule import TaskSchedule
 
 __all__ = ["RunResult", "pretrain"]
@@ -125,9 +129,7 @@ def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
             if path is not None:
                 cache[path] = (load_arrays(path), str(path))
             else:
-                from s12mae.simulate import simulate
-
-                cache[path] = (simulate(cfg.data.simulated), "simulated data")
+                cache[path] = (simulated_arrays(cfg.data.simulated), "simulated data")
         arrays, source = cache[path]
         sensors = method.task_sensors(task)
         rows = available_rows(arrays, sensors)
@@ -201,9 +203,10 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
 
 
 # Settings that may change when a run is resumed: they do not change what is computed, except
-# train.steps, which stretches the cosine schedule from the resumed step on.
+# train.steps, which stretches the cosine schedule from the resumed step on. train.out_dir is the
+# folder the saved config was read from: relative, with a trailing slash or moved, it is the same run.
 _RESUME_MAY_CHANGE = {"train.steps", "train.progress", "train.threads", "train.log_every",
-                      "train.checkpoint_every", "train.device", "data.num_workers"}
+                      "train.checkpoint_every", "train.device", "data.num_workers", "train.out_dir"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -264,12 +267,24 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         included; on other ranks: this session's steps) and the trained model.
     """
     d = _setup(cfg)
-    run_dir = Path(cfg.train.out_dir)
-    resume_from = _checkpoint_to_resume(run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    errors = RankErrors(d.world, d.device)
+    # locked for this run; a killed run's temporaries removed; nothing left if it fails before a checkpoint
+    with RunFolder(Path(cfg.train.out_dir), d.rank, errors) as folder:
+        with errors.caught():
+            resume_from = _checkpoint_to_resume(folder.path, resume)
+        errors.raise_if_any()
+        return _pretrain(cfg, d, errors, folder.path, resume_from, callbacks)
 
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    method = build_method(cfg).to(d.device)
+
+def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path, resume_from: Path | None,
+              callbacks: Sequence[Callback]) -> RunResult:
+    """The run in its locked folder; ``asked`` is the config as given (saved, compared on resume)."""
+    torch.manual_seed(asked.train.seed)  # identical initial weights on every rank
+    method = build_method(asked).to(d.device)  # statistics do not enter the weights
+    sensors = sorted({s for task in method.tasks for s in method.task_sensors(task)})
+    with errors.caught():  # rank 0 writes the statistics of simulated data if none are given; the others wait
+        cfg = with_data_statistics(asked, run_dir, sensors, write=d.rank == 0)
+    errors.raise_if_any()
     optimizer = build_optimizer(method, cfg.optim)
     start = 0
     if resume_from is not None:
@@ -277,7 +292,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         start = int(state["step"])
-        _check_resumable(run_dir, cfg, start)
+        _check_resumable(run_dir, asked, start)
         if start > cfg.train.steps:
             raise ValueError(f"{resume_from}: holds {start} steps, more than train.steps={cfg.train.steps}")
     if start == cfg.train.steps:  # trained, but the end of the run (pictures, export) may be missing
@@ -297,7 +312,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
     if d.rank == 0:
-        atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write(run_dir / "config.yaml", yaml.safe_dump(asked.to_dict(), sort_keys=False))
         history = _trim_metrics(metrics_path, start)
     this_run: list[dict[str, Any]] = []
     show = cfg.train.progress and d.rank == 0
@@ -305,24 +320,31 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not interactive,
                desc=f"pretrain {cfg.method}", dynamic_ncols=True)
     every = max(cfg.train.steps // 10, 1)  # plain progress lines when stderr is a log file
+    empty = EmptyTargets(cfg.data.max_empty_steps)
     method.train()
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
+        torch.manual_seed(step_seed(cfg.train.seed, step, d.rank))  # unkeyed draws (drop path) repeat on resume
         task = schedule.task_at(step)
-        batches = [next(loaders[task]) for _ in range(accum)]  # on the CPU until their forward
         weights = method.term_weights(task)
-        counts = [method.denominators(b, task, step) for b in batches]  # masks only: cheap on the CPU
+        with errors.caught():  # a data error on one rank stops every rank at the check below
+            batches = [next(loaders[task]) for _ in range(accum)]  # on the CPU until their forward
+            counts = [method.denominators(b, task, step) for b in batches]  # masks only: cheap on the CPU
+        errors.raise_if_any()
         dens = torch.stack([torch.stack([c[t].float() for t in weights]) for c in counts]).sum(0)
-        dens = _all_reduce(dens.to(d.device), d).clamp_min(1.0)
+        global_counts = _all_reduce(dens.to(d.device), d)
+        dens = global_counts.clamp_min(1.0)
         sums = torch.zeros(len(weights), device=d.device)
-        for cpu_batch in batches:
-            b = {k: v.to(d.device, non_blocking=True) for k, v in cpu_batch.items()}
-            with autocast:
-                nums = method(b, task, step)
-            terms = torch.stack([nums[t].float() for t in weights])
-            loss = (terms / dens * torch.tensor(list(weights.values()), device=d.device)).sum()
-            loss.backward()
-            sums += terms.detach()
+        with errors.caught():
+            for cpu_batch in batches:
+                b = {k: v.to(d.device, non_blocking=True) for k, v in cpu_batch.items()}
+                with autocast:
+                    nums = method(b, task, step)
+                terms = torch.stack([nums[t].float() for t in weights])
+                loss = (terms / dens * torch.tensor(list(weights.values()), device=d.device)).sum()
+                loss.backward()
+                sums += terms.detach()
+        errors.raise_if_any()
         _all_reduce_grads(params, d)
         with_grad = [p for p in params if p.grad is not None]
         max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else float("inf")
@@ -333,6 +355,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         optimizer.zero_grad(set_to_none=True)
 
         term_losses = (_all_reduce(sums, d) / dens).tolist()
+        empty.check(step, task, list(weights), global_counts.tolist())  # the same on every rank
         seconds = time.perf_counter() - t0
         record = {
             "step": step, "task": task,
@@ -354,9 +377,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         for cb in callbacks:
             cb(step, record)
         done = step + 1
-        if d.rank == 0 and (done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps):
-            save_checkpoint(run_dir, done, method, {"optimizer": optimizer.state_dict(),
-                                                    "rng_cpu": torch.get_rng_state(), "method": cfg.method})
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+            with errors.caught():  # a full disk on rank 0 stops every rank
+                if d.rank == 0:
+                    save_checkpoint(run_dir, done, method, {"optimizer": optimizer.state_dict(),
+                                                            "rng_cpu": torch.get_rng_state(), "method": cfg.method})
+            errors.raise_if_any()
     bar.close()
     if d.rank == 0:
         _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
