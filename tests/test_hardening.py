@@ -74,7 +74,7 @@ def test_norm_pix_loss_applies_to_auxmae_s1_target_as_in_mixmae():
 
 
 def test_simulated_run_without_stats_uses_its_own_statistics(tmp_path, capsys):
-    cfg = tiny_config(str(tmp_path / "r"), steps=1)
+    cfg = tiny_config(str(tmp_path / "r"), steps=2)
     first = _losses(pretrain(cfg))[0]
     assert "data.stats is not set" in capsys.readouterr().out
     stats = json.loads((tmp_path / "r" / "data_stats.json").read_text())
@@ -105,12 +105,12 @@ def test_resume_with_drop_path_repeats_the_uninterrupted_losses(tmp_path):
 
 
 def test_a_second_run_into_a_busy_folder_is_refused_and_a_stale_lock_is_not(tmp_path):
-    cfg = tiny_config(str(tmp_path / "r"), steps=1)
+    cfg = tiny_config(str(tmp_path / "r"), steps=2)
     with RunFolder(tmp_path / "r"):  # another live run holds the folder
         with pytest.raises(RunFolderBusy, match=rf"{tmp_path / 'r'}: another pretrain run .*pid {os.getpid()}"):
             pretrain(cfg)
     assert (tmp_path / "r" / LOCK_NAME).exists()  # the lock file of a dead holder stays: no flock on it
-    assert len(pretrain(cfg).history) == 1
+    assert len(pretrain(cfg).history) == 2
 
 
 def test_resume_accepts_another_spelling_of_the_run_folder(tmp_path, monkeypatch):
@@ -170,7 +170,7 @@ def test_shards_failing_on_its_first_sample_leaves_no_folder(tmp_path):
 def test_evaluate_failing_leaves_no_encoder_stats(tmp_path):
     from s12mae.evaluation import EvalConfig, run_evaluation
 
-    run = pretrain(tiny_config(str(tmp_path / "r"), steps=1))
+    run = pretrain(tiny_config(str(tmp_path / "r"), steps=2))
     cfg = EvalConfig(checkpoint=str(run.run_dir / "encoder.safetensors"), out_dir=str(tmp_path / "eval"))
     cfg.data.path = str(tmp_path / "no-such-data")
     with pytest.raises((ValueError, FileNotFoundError)):
@@ -295,8 +295,8 @@ def test_section_help_shows_field_descriptions(capsys, command, section, describ
 
 def test_readme_documents_the_generic_index_columns_and_the_guarantees():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    from s12mae.readers import generic
+    from s12mae.readers.generic import GenericReader
 
-    for column in ("s2_path", "s1_path"):
-        assert column in (generic.__doc__ or "") and f"`{column}`" in readme
+    for column in ("s2_path", "s1_path", "s2_sensor", "s1_sensor", "s2_time", "s1_time"):
+        assert column in (GenericReader.__doc__ or "") and f"`{column}`" in readme
     assert "## Guarantees" in readme

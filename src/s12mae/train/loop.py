@@ -384,10 +384,10 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
                                                             "rng_cpu": torch.get_rng_state(), "method": cfg.method})
             errors.raise_if_any()
     bar.close()
-    if d.rank == 0:
-        _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
-    if d.world > 1:
-        dist.barrier()
+    with errors.caught():  # pictures and export on rank 0; its failure stops every rank
+        if d.rank == 0:
+            _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
+    errors.raise_if_any()  # a collective: also the barrier at the end of the run
     return RunResult(run_dir, history + this_run if d.rank == 0 else this_run, method)
 
 
