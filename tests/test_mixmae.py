@@ -88,7 +88,7 @@ def test_lambda_weights_the_losses_and_gradients_reach_both_patch_embeddings():
         assert mix.decoders[s].pred.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="model.mix.proportions"):
         MixConfig(proportions=[1.0, 0.0])
-    assert MixConfig(sensors=["s2_l1c", "s1_grd", "dem"], lam=0.4).loss_weights() == pytest.approx([0.6, 0.2, 0.2])
+    assert MixConfig(sensors=["s2_l1c", "s1_grd", "dem"], lam=0.4).loss_weights() == pytest.approx([0.3, 0.4, 0.3])
     cfg.model.mix.sensors = ["s2_l1c", "radar"]
     with pytest.raises(KeyError, match="unknown sensor"):
         build_method(cfg)

@@ -193,8 +193,9 @@ def test_old_loss_weights_become_the_lam_that_gives_them():
     assert lam(mix_lambda=0.3) == pytest.approx(0.3)
     assert lam(mix_loss_weights=[0.8, 0.2]) == pytest.approx(0.2)
     three = ["s2_l1c", "s1_grd", "dem"]
-    assert lam(mix_sensors=three, mix_lambda=0.5) == pytest.approx(2 / 3)  # the old equal weights
-    assert lam(mix_sensors=three, mix_loss_weights=[0.5, 0.25, 0.25]) == pytest.approx(0.5)
+    assert lam(mix_sensors=three, mix_lambda=0.5) == pytest.approx(1 / 3)  # the old equal weights
+    assert lam(mix_sensors=three, mix_loss_weights=[0.25, 0.5, 0.25]) == pytest.approx(0.5)  # by role: s1 gets lam
+    assert lam(mix_sensors=["s1_grd", "s2_l1c"], mix_lambda=0.3) == pytest.approx(0.7)  # old positional: s1 got 0.7
     with pytest.raises(ValueError, match="x.yaml"):
         lam(mix_sensors=three, mix_loss_weights=[0.5, 0.3, 0.2])
     new = {"model": {"mix": {"lam": 0.4}}}

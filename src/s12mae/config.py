@@ -14,12 +14,14 @@ upgraded on read when the run is resumed (:func:`upgrade_saved_config`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from s12mae.models.decoder import DECODERS
 from s12mae.models.vit import ENCODERS
+from s12mae.sensors import get_sensor
 from s12mae.simulate import SimulationConfig
 
 __all__ = [
@@ -65,9 +67,10 @@ class MixConfig:
     proportions: list[float] | None = None
     """Relative share of the positions per sensor; ``None`` = equal (the paper's k = L/2)."""
     lam: float = 0.5
-    """Lambda of equation 1, ``L = lam * L_S1 + (1 - lam) * L_S2``: the loss weight of the second
-    sensor, ``1 - lam`` for the first (the paper's 0.5). With more sensors (ours) the sensors after
-    the first share ``lam`` equally."""
+    """Lambda of equation 1, ``L = lam * L_S1 + (1 - lam) * L_S2`` (the paper's 0.5): the loss
+    weight of the sensor of the ``s1`` family, whatever its place in ``sensors``; ``1 - lam`` is
+    the weight of the other sensor. With more sensors (ours) the ``s1`` sensors share ``lam`` and
+    the others ``1 - lam`` equally."""
     drop_ratio: float = 0.0
     """Fraction of positions no sensor shows, left out of the encoder (ours; 0 = the paper)."""
     sensor_embedding: bool = False
@@ -81,12 +84,22 @@ class MixConfig:
                f"model.mix.proportions: need {n} positive numbers (one per mix sensor), got {props}")
         _check(0.0 <= self.lam <= 1.0, f"model.mix.lam: must be in [0, 1], got {self.lam}")
         _check(0.0 <= self.drop_ratio < 1.0, f"model.mix.drop_ratio: must be in [0, 1), got {self.drop_ratio}")
+        s1 = _s1_flags(self.sensors)
+        _check(0 < sum(s1) < n, f"model.mix.sensors: lam weighs the loss of the S1 sensor against the others, "
+               f"so the sensors need both an s1-family sensor and another one; got {self.sensors}")
 
     def loss_weights(self) -> list[float]:
-        """Loss weight per sensor: ``[1 - lam, lam]`` for two sensors (equation 1), else
-        ``1 - lam`` for the first and ``lam / (n - 1)`` for each of the others."""
-        rest = len(self.sensors) - 1
-        return [1.0 - self.lam] + [self.lam / rest] * rest
+        """Loss weight per sensor, by role (equation 1): ``lam`` shared by the ``s1``-family
+        sensors, ``1 - lam`` shared by the others; ``[1 - lam, lam]`` for ``[s2_l1c, s1_grd]`` and
+        ``[lam, 1 - lam]`` for ``[s1_grd, s2_l1c]``."""
+        s1 = _s1_flags(self.sensors)
+        n_s1 = sum(s1)
+        return [self.lam / n_s1 if is_s1 else (1.0 - self.lam) / (len(s1) - n_s1) for is_s1 in s1]
+
+
+def _s1_flags(sensors: list[str]) -> list[bool]:
+    """Whether each sensor key is of the ``s1`` family (its spec in ``sensors.yaml``)."""
+    return [get_sensor(k).family == "s1" for k in sensors]
 
 
 @dataclass
@@ -104,7 +117,8 @@ class ModelConfig:
     mask_ratio: float = 0.75
     """Fraction of patches hidden from the encoder in the MAE task."""
     norm_pix_loss: bool = False
-    """Standardise each target patch by its own mean and variance (MAE option)."""
+    """Standardise each target patch by its own mean and variance (MAE option). One rule for every
+    reconstructed target (ours): MAE's, AuxMAE's S1 target and each of MixMAE's sensors, S1 included."""
     drop_path: float = 0.0
     """Stochastic-depth rate of the encoder's last block."""
     aux: AuxConfig = field(default_factory=AuxConfig)
@@ -150,10 +164,14 @@ class DataConfig:
     """Samples held out of training as the fixed validation set of the held-out loss (ours): the
     same rows of each array dataset, drawn once with a fixed seed, never in a training batch;
     0 = none. Shard-set tasks need their own held-out shards (not supported yet)."""
+    max_empty_steps: int = 0
+    """Steps a run tolerates (with a warning each) whose loss term has no valid target element in
+    the whole batch (all nodata where the loss counts); one more stops the run (ours: 0)."""
 
     def __post_init__(self) -> None:
         _check(self.val_samples >= 0, f"data.val_samples: must be >= 0, got {self.val_samples}")
         _check(self.num_workers >= 0, f"data.num_workers: must be >= 0, got {self.num_workers}")
+        _check(self.max_empty_steps >= 0, f"data.max_empty_steps: must be >= 0, got {self.max_empty_steps}")
         _check(self.shuffle_buffer >= 1, f"data.shuffle_buffer: must be >= 1, got {self.shuffle_buffer}")
 
 
@@ -269,6 +287,12 @@ class PretrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.train.steps < self.optim.warmup_steps:
+            warnings.warn(f"train.steps={self.train.steps} is shorter than optim.warmup_steps="
+                          f"{self.optim.warmup_steps}: the learning rate never reaches optim.lr={self.optim.lr}",
+                          stacklevel=2)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -300,8 +324,9 @@ def upgrade_saved_config(saved: dict[str, Any], source: str) -> dict[str, Any]:
     """A run folder's ``config.yaml`` written before the per-method sections, in today's layout.
 
     Old flat ``model.aux_*`` / ``model.mix_*`` keys move into ``model.aux`` / ``model.mix``; MixMAE's
-    loss weights (``mix_lambda``, or ``mix_loss_weights``) become the ``lam`` that gives the same
-    weights, and weights no ``lam`` gives are an error naming ``source``. A config without old keys
+    loss weights (``mix_lambda`` by the old positional rule, or ``mix_loss_weights``) become the
+    ``lam`` that gives the same weights by today's rule (by sensor role), and weights no ``lam``
+    gives are an error naming ``source``. A config without old keys
     is returned unchanged.
     """
     model = dict(saved.get("model") or {})
@@ -314,13 +339,15 @@ def upgrade_saved_config(saved: dict[str, Any], source: str) -> dict[str, Any]:
         _, section, name = MOVED_KEYS[f"model.{key}"].split(".")
         (aux if section == "aux" else mix)[name] = value
     lam, sensors = mix.get("lam", 0.5), mix.get("sensors", MixConfig().sensors)
-    if weights is None and len(sensors) > 2:  # the old rule: lambda for two sensors, equal weights for more
-        weights = [1.0 / len(sensors)] * len(sensors)
-    if weights is not None:
-        lam = sum(weights[1:])
-        if not (2 <= len(sensors) == len(weights) and math.isclose(sum(weights), 1.0)
-                and all(math.isclose(w, lam / (len(sensors) - 1)) for w in weights[1:])):
-            raise ValueError(f"{source}: MixMAE loss weights {weights} of this run cannot be written as "
-                             "model.mix.lam (1 - lam for the first sensor, lam shared by the others)")
+    if weights is None:  # the old positional rule: [1 - lambda, lambda]; equal weights for more sensors
+        weights = [1.0 - lam, lam] if len(sensors) == 2 else [1.0 / len(sensors)] * len(sensors)
+    s1 = _s1_flags(sensors)
+    lam = sum(w for w, is_s1 in zip(weights, s1) if is_s1)
+    n_s1 = sum(s1)
+    if not (len(sensors) == len(weights) and 0 < n_s1 < len(sensors) and math.isclose(sum(weights), 1.0)
+            and all(math.isclose(w, lam / n_s1 if is_s1 else (1 - lam) / (len(s1) - n_s1))
+                    for w, is_s1 in zip(weights, s1))):
+        raise ValueError(f"{source}: MixMAE loss weights {weights} of sensors {sensors} in this run cannot be "
+                         "written as model.mix.lam (lam shared by the s1-family sensors, 1 - lam by the others)")
     mix["lam"] = lam
     return {**saved, "model": {**model, "aux": aux, "mix": mix}}

@@ -10,7 +10,9 @@ new place.
 
 from __future__ import annotations
 
+import argparse
 import sys
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -100,7 +102,35 @@ def build_parser(cmd: Command) -> ArgumentParser:
                 parser.add_argument(name, nargs="?", type=hints[name], default=given[name].default,
                                     help=f"{name}, optional here (the field {name} of {cmd.config.__name__})")
     parser.add_class_arguments(cmd.config, None, skip=set(cmd.positional))
+    for section, cls in _sections(cmd.config):
+        parser.add_argument(f"--{section}.help", action=_SectionHelp, section=section, cls=cls,
+                            help=f"Show the options of {section} with their descriptions and exit.")
     return parser
+
+
+def _sections(config: type, prefix: str = "") -> Iterator[tuple[str, type]]:
+    """``(dotted name, dataclass)`` of every nested config section, e.g. ``("model.mix", MixConfig)``."""
+    hints = typing.get_type_hints(config)
+    for f in fields(config):
+        cls = hints.get(f.name)
+        if isinstance(cls, type) and is_dataclass(cls):
+            yield f"{prefix}{f.name}", cls
+            yield from _sections(cls, f"{prefix}{f.name}.")
+
+
+class _SectionHelp(argparse.Action):
+    """``--data.help``: the options of one section with their field docstrings."""
+
+    def __init__(self, option_strings: list[str], dest: str, section: str = "", cls: type | None = None,
+                 **kwargs: Any) -> None:
+        self.section, self.cls = section, cls
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        sub = ArgumentParser(prog=f"{parser.prog} --{self.section}.*", description=(self.cls.__doc__ or "").strip())
+        sub.add_class_arguments(self.cls, self.section)
+        sub.print_help()
+        parser.exit()
 
 
 def _config(cmd: Command, init: Namespace) -> Any:

@@ -32,7 +32,7 @@ from s12mae.evaluation.metrics import MultilabelMeter, SegmentationMeter
 from s12mae.evaluation.tasks import EvalTask, build_task, describe
 from s12mae.models.vit import ENCODERS, ViTEncoder, build_encoder
 from s12mae.sensors import get_sensor
-from s12mae.files import atomic_write
+from s12mae.files import atomic_write, undo_outputs_on_failure
 from s12mae.runtime import autocast_context, no_decay_names, resolve_device, set_lr
 from s12mae.train.optim import lr_at
 
@@ -215,6 +215,7 @@ def _stats_used(cfg: EvalConfig, task: EvalTask) -> dict[str, dict[str, str]]:
     return {task.sensor: {"file": "the task's own", "sensor": task.sensor}}
 
 
+@undo_outputs_on_failure(lambda cfg, *args, **kwargs: cfg.out_dir)  # a failed evaluation leaves no partial outputs
 def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, Any]:
     """Train a new head (frozen) or head + encoder (finetune) and test it.
 

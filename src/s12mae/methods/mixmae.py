@@ -96,13 +96,15 @@ class MixMAE(nn.Module):
         decoder: decoder variant of every per-sensor decoder (see ``DECODERS``).
         proportions: relative share of the (kept) positions per sensor; ``None`` = equal (the
             paper's ``k = L/2`` for two sensors).
-        loss_weights: weight of each sensor's loss; ``None`` = equal. Equation 1 is
-            ``[1 - lambda, lambda]`` for ``[S2, S1]``.
+        loss_weights: weight of each sensor's loss, in the order of ``sensors``; ``None`` = equal.
+            Equation 1 gives lambda to the S1 sensor wherever it is listed
+            (:meth:`s12mae.config.MixConfig.loss_weights` computes them by sensor role).
         drop_ratio: fraction of positions removed before the encoder (ours; 0 = the paper).
         sensor_embedding: add a learned per-sensor vector to that sensor's tokens (ours; off).
             The paper does not say whether its tokens carry one. Downstream, the vector is part
             of the encoder only after :meth:`fold_sensor_embedding`.
-        norm_pix_loss: per-patch normalised targets (MAE option).
+        norm_pix_loss: per-patch normalised targets of every sensor, S1 included (the one rule
+            of ``model.norm_pix_loss``, shared with AuxMAE's S1 target).
         seed: seed of the keyed mixes.
     """
 

@@ -82,6 +82,9 @@ class ShardConfig:
     """Label keys (``label.*``) to keep; ``None`` keeps every one the samples have."""
     min_valid: float = 0.0
     """Chips whose fraction of valid pixels (all sensors, all bands) is below this are dropped."""
+    min_valid_per_sensor: float = 0.01
+    """Chips where one sensor's fraction of valid pixels (all its bands) is below this are dropped
+    and counted per sensor (ours: 0.01, so an all-nodata S2 or S1 image never becomes a chip)."""
 
     def __post_init__(self) -> None:
         if not self.sensors or len(set(self.sensors)) != len(self.sensors):
@@ -103,6 +106,8 @@ class ShardConfig:
             raise ValueError("shards.crops_per_scene and shards.chips_per_shard must be >= 1")
         if not 0.0 <= self.min_valid <= 1.0:
             raise ValueError(f"shards.min_valid: must be in [0, 1], got {self.min_valid}")
+        if not 0.0 <= self.min_valid_per_sensor <= 1.0:
+            raise ValueError(f"shards.min_valid_per_sensor: must be in [0, 1], got {self.min_valid_per_sensor}")
         for key in self.labels or []:
             if not key.startswith("label.") or not MEMBER_RE.match(key):
                 raise ValueError(f"shards.labels: {key!r} is not a label key (label.<name>)")

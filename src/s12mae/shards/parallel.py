@@ -95,10 +95,13 @@ def _shard_task(source: Source, token: str, out: str, number: int, spans: Sequen
 
 
 def _merge_counters(total: dict[str, Any], part: Mapping[str, Any]) -> None:
-    """Add one scene's counters to ``total`` (numbers add, lists of skipped items extend)."""
+    """Add one scene's counters to ``total`` (numbers add, lists of skipped items extend, counts
+    by reason add per reason)."""
     for key, value in part.items():
         if isinstance(value, list):
             total.setdefault(key, []).extend(value)
+        elif isinstance(value, dict):
+            _merge_counters(total.setdefault(key, {}), value)
         else:
             total[key] = total.get(key, 0) + value
 

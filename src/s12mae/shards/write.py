@@ -13,12 +13,14 @@ written last. All three go through :mod:`s12mae.files`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
+import shutil
 import json
 import logging
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +144,20 @@ def _check_scene(sample: Mapping[str, Any], cfg: ShardConfig,
     return grids.pop(), labels
 
 
-def _scene_chips(sample: Mapping[str, Any], cfg: ShardConfig, where: str) -> tuple[list[Chip], int]:
-    """Chips of one scene (validated) and the number dropped by ``min_valid``."""
+def _low_valid(chip: Chip, cfg: ShardConfig) -> str | None:
+    """Why ``chip`` holds too few valid pixels (the first rule it fails), or ``None``."""
+    for key in cfg.sensors:
+        frac = float(chip[f"valid.{key}"].mean()) if chip[f"valid.{key}"].size else 0.0
+        if frac < cfg.min_valid_per_sensor:
+            return f"{key} valid < min_valid_per_sensor {cfg.min_valid_per_sensor:g}"
+    n_valid = sum(int(chip[f"valid.{k}"].sum()) for k in cfg.sensors)
+    if n_valid < cfg.min_valid * sum(chip[f"valid.{k}"].size for k in cfg.sensors):
+        return f"valid < min_valid {cfg.min_valid:g}"
+    return None
+
+
+def _scene_chips(sample: Mapping[str, Any], cfg: ShardConfig, where: str) -> tuple[list[Chip], dict[str, int]]:
+    """Chips of one scene (validated) and the number dropped for too few valid pixels, by reason."""
     if "id" not in sample:
         raise ValueError(f"{where}: sample has no 'id'")
     scene_id = str(sample["id"])
@@ -152,15 +166,16 @@ def _scene_chips(sample: Mapping[str, Any], cfg: ShardConfig, where: str) -> tup
     stored = {k: _store(k, np.asarray(sample[k]), cfg.storage_dtype(k), where) for k in cfg.sensors}
     cropped = cfg.crop != "none"
     s_h, s_w = (cfg.chip_size, cfg.chip_size) if cropped else (h, w)
-    chips, dropped = [], 0
+    chips: list[Chip] = []
+    dropped: dict[str, int] = {}
     for y, x in _crop_positions(h, w, cfg, scene_id):
         chip: Chip = {}
         for key in cfg.sensors:
             chip[key] = stored[key][:, y:y + s_h, x:x + s_w]
             chip[f"valid.{key}"] = np.asarray(sample[f"valid.{key}"], dtype=bool)[:, y:y + s_h, x:x + s_w]
-        n_valid = sum(int(chip[f"valid.{k}"].sum()) for k in cfg.sensors)
-        if n_valid < cfg.min_valid * sum(chip[f"valid.{k}"].size for k in cfg.sensors):
-            dropped += 1
+        reason = _low_valid(chip, cfg)
+        if reason is not None:
+            dropped[reason] = dropped.get(reason, 0) + 1
             continue
         for key in labels:
             lab = np.asarray(sample[key])
@@ -175,7 +190,8 @@ def _scene_chips(sample: Mapping[str, Any], cfg: ShardConfig, where: str) -> tup
 
 
 def _fresh_counters() -> dict[str, Any]:
-    return {"scenes": 0, "used": 0, "missing_sensor": 0, "too_small": 0, "low_valid_chips": 0, "skipped": []}
+    return {"scenes": 0, "used": 0, "missing_sensor": 0, "too_small": 0, "low_valid_chips": 0,
+            "low_valid_reasons": {}, "skipped": []}
 
 
 def _scene_at(samples: Sequence[Mapping[str, Any]], pos: int, cfg: ShardConfig, counters: dict[str, Any],
@@ -197,7 +213,9 @@ def _scene_at(samples: Sequence[Mapping[str, Any]], pos: int, cfg: ShardConfig, 
         return []
     counters["used"] += 1
     counters["too_small"] += not found and not dropped
-    counters["low_valid_chips"] += dropped
+    counters["low_valid_chips"] += sum(dropped.values())
+    for reason, n in dropped.items():
+        counters["low_valid_reasons"][reason] = counters["low_valid_reasons"].get(reason, 0) + n
     return found
 
 
@@ -271,6 +289,24 @@ def _write_shard(path: Path, number: int, chips: Iterator[Placed],
     return entry, last  # type: ignore[return-value]
 
 
+def _removes_new_folder_on_failure(write: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A failed write leaves no folder it created, unless it holds complete shards (resumable)."""
+
+    @functools.wraps(write)
+    def wrapper(samples: Sequence[Mapping[str, Any]], out: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        created = not Path(out).exists()
+        try:
+            return write(samples, out, *args, **kwargs)
+        except BaseException:
+            folder = Path(out)
+            if created and folder.is_dir() and not (folder / PROGRESS).exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    return wrapper
+
+
+@_removes_new_folder_on_failure
 def write_shards(samples: Sequence[Mapping[str, Any]], out: str | Path, cfg: ShardConfig, *,
                  skip_bad: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Cut ``samples`` into chips and write them as a shard set in ``out``; resumes a partial run.
@@ -348,9 +384,11 @@ def print_summary(manifest: Mapping[str, Any], out: str | Path, layout: str, lis
                   most: int = 20) -> None:
     """One line of counts, then each skipped sample with its reason (the first ``most`` of them)."""
     sc = manifest["scenes"]
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(sc.get("low_valid_reasons", {}).items()))
     print(f"wrote {manifest['num_samples']} chips in {manifest['num_shards']} shard(s) to {out} "
           f"({sc['used']} of {sc['scenes']} scenes used; {sc['missing_sensor']} lack a sensor, "
-          f"{len(sc['skipped'])} skipped as bad, {sc['too_small']} smaller than a chip"
+          f"{len(sc['skipped'])} skipped as bad, {sc['too_small']} smaller than a chip; "
+          f"{sc['low_valid_chips']} chip(s) dropped for nodata" + (f" ({reasons})" if reasons else "")
           + (f"; the {layout} reader left out {len(listed_bad)}" if listed_bad else "") + ")")
     bad = [(f"sample {pos}", str(reason)) for pos, reason in sc["skipped"]]
     bad += [(str(b[0]), f"{b[1]} (left out by the reader)") if isinstance(b, (tuple, list)) and len(b) == 2

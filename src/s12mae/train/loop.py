@@ -59,7 +59,11 @@ from s12mae.train.checkpoint import (
 )
 from s12mae.train.heldout import held_out_losses, split_held_out
 from s12mae.train.loggers import Sinks, open_sinks
+from s12mae.train.checks import EmptyTargets
+from s12mae.train.datastats import simulated_arrays, with_data_statistics
 from s12mae.train.optim import build_optimizer, lr_at
+from s12mae.train.ranks import RankErrors
+from s12mae.train.rundir import RunFolder, step_seed
 from s12mae.train.schedule import TaskSchedule
 
 __all__ = ["RunResult", "pretrain"]
@@ -155,9 +159,7 @@ def _task_datasets(cfg: PretrainConfig, method: Any) -> dict[str, ArrayDataset]:
             if path is not None:
                 cache[path] = (load_arrays(path), str(path))
             else:
-                from s12mae.simulate import simulate
-
-                cache[path] = (simulate(cfg.data.simulated), "simulated data")
+                cache[path] = (simulated_arrays(cfg.data.simulated), "simulated data")
         arrays, source = cache[path]
         sensors = method.task_sensors(task)
         rows = available_rows(arrays, sensors)
@@ -290,10 +292,11 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
 
 
 # Settings that may change when a run is resumed: they do not change what is computed, except
-# train.steps, which stretches the cosine schedule from the resumed step on.
+# train.steps, which stretches the cosine schedule from the resumed step on. train.out_dir is the
+# folder the saved config was read from: relative, with a trailing slash or moved, it is the same run.
 _RESUME_MAY_CHANGE = {"train.steps", "train.progress", "train.threads", "train.log_every",
                       "train.checkpoint_every", "train.device", "data.num_workers", "train.logger",
-                      "train.eval_every"}
+                      "train.eval_every", "train.out_dir", "train.compile", "train.grad_checkpointing"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -354,12 +357,24 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         included; on other ranks: this session's steps) and the trained model.
     """
     d = _setup(cfg)
-    run_dir = Path(cfg.train.out_dir)
-    resume_from = _checkpoint_to_resume(run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    errors = RankErrors(d.world, d.device)
+    # locked for this run; a killed run's temporaries removed; nothing left if it fails before a checkpoint
+    with RunFolder(Path(cfg.train.out_dir), d.rank, errors) as folder:
+        with errors.caught():
+            resume_from = _checkpoint_to_resume(folder.path, resume)
+        errors.raise_if_any()
+        return _pretrain(cfg, d, errors, folder.path, resume_from, callbacks)
 
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    method = build_method(cfg).to(d.device)
+
+def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path, resume_from: Path | None,
+              callbacks: Sequence[Callback]) -> RunResult:
+    """The run in its locked folder; ``asked`` is the config as given (saved, compared on resume)."""
+    torch.manual_seed(asked.train.seed)  # identical initial weights on every rank
+    method = build_method(asked).to(d.device)  # statistics do not enter the weights
+    sensors = sorted({s for task in method.tasks for s in method.task_sensors(task)})
+    with errors.caught():  # rank 0 writes the statistics of simulated data if none are given; the others wait
+        cfg = with_data_statistics(asked, run_dir, sensors, write=d.rank == 0)
+    errors.raise_if_any()
     state = load_checkpoint(resume_from, method) if resume_from is not None and not is_sharded(resume_from) else None
     sharded = _wrap(method, cfg, d)
     optimizer = build_optimizer(method, cfg.optim)
@@ -374,7 +389,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
             optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         start = int(state["step"])
-        _check_resumable(run_dir, cfg, start)
+        _check_resumable(run_dir, asked, start)
         if start > cfg.train.steps:
             raise ValueError(f"{resume_from}: holds {start} steps, more than train.steps={cfg.train.steps}")
     if start == cfg.train.steps:  # trained, but the end of the run (pictures, export) may be missing
@@ -395,7 +410,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     history: list[dict[str, Any]] = []
     sinks = Sinks()
     if d.rank == 0:
-        atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write(run_dir / "config.yaml", yaml.safe_dump(asked.to_dict(), sort_keys=False))
         history = _trim_metrics(metrics_path, start)
         sinks = open_sinks(cfg.train.logger, run_dir, cfg.to_dict(), start)
     val_cache: dict[str, list] = {}
@@ -405,24 +420,31 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not interactive,
                desc=f"pretrain {cfg.method}", dynamic_ncols=True)
     every = max(cfg.train.steps // 10, 1)  # plain progress lines when stderr is a log file
+    empty = EmptyTargets(cfg.data.max_empty_steps)
     method.train()
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
         _reset_peak_memory(d.device)
+        torch.manual_seed(step_seed(cfg.train.seed, step, d.rank))  # unkeyed draws (drop path) repeat on resume
         task = schedule.task_at(step)
-        batches, data_wait = _next_batches(data[task], accum, d.device)  # model inputs on the device
         weights = method.term_weights(task)
-        counts = [method.denominators(b, task, step) for b in batches]
+        with errors.caught():  # a data error on one rank stops every rank at the check below
+            batches, data_wait = _next_batches(data[task], accum, d.device)  # model inputs on the device
+            counts = [method.denominators(b, task, step) for b in batches]
+        errors.raise_if_any()
         dens = torch.stack([torch.stack([c[t].float() for t in weights]) for c in counts]).sum(0)
-        dens = _all_reduce(dens.to(d.device), d).clamp_min(1.0)
+        global_counts = _all_reduce(dens.to(d.device), d)
+        dens = global_counts.clamp_min(1.0)
         sums = torch.zeros(len(weights), device=d.device)
-        for b in batches:
-            with autocast:
-                nums = method(b, task, step)
-            terms = torch.stack([nums[t].float() for t in weights])
-            loss = (terms / dens * torch.tensor(list(weights.values()), device=d.device)).sum()
-            loss.backward()
-            sums += terms.detach()
+        with errors.caught():
+            for b in batches:
+                with autocast:
+                    nums = method(b, task, step)
+                terms = torch.stack([nums[t].float() for t in weights])
+                loss = (terms / dens * torch.tensor(list(weights.values()), device=d.device)).sum()
+                loss.backward()
+                sums += terms.detach()
+        errors.raise_if_any()
         if not sharded:  # FSDP2 has reduce-scattered them in the backward
             _all_reduce_grads(params, d)
         with_grad = [p for p in params if p.grad is not None]
@@ -434,6 +456,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
         optimizer.zero_grad(set_to_none=True)
 
         term_losses = (_all_reduce(sums, d) / dens).tolist()
+        empty.check(step, task, list(weights), global_counts.tolist())  # the same on every rank
         seconds = time.perf_counter() - t0
         record = {
             "step": step, "task": task,
@@ -466,17 +489,19 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
                 sinks.log(val_record)
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
             loop_state = {"rng_cpu": torch.get_rng_state(), "method": cfg.method}
-            if sharded:  # every rank writes its shards
-                save_sharded_checkpoint(run_dir, done, method, optimizer, loop_state)
-            elif d.rank == 0:
-                save_checkpoint(run_dir, done, method, {**loop_state, "optimizer": optimizer.state_dict()})
+            with errors.caught():  # a full disk on rank 0 stops every rank
+                if sharded:  # every rank writes its shards
+                    save_sharded_checkpoint(run_dir, done, method, optimizer, loop_state)
+                elif d.rank == 0:
+                    save_checkpoint(run_dir, done, method, {**loop_state, "optimizer": optimizer.state_dict()})
+            errors.raise_if_any()
     bar.close()
     sinks.close()
     method = _unsharded(method, cfg, d, sharded)
-    if d.rank == 0:
-        _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
-    if d.world > 1:
-        dist.barrier()
+    with errors.caught():  # pictures and export on rank 0; its failure stops every rank
+        if d.rank == 0:
+            _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
+    errors.raise_if_any()  # a collective: also the barrier at the end of the run
     return RunResult(run_dir, history + this_run if d.rank == 0 else this_run, method)
 
 
