@@ -247,7 +247,7 @@ def test_a_nodata_error_on_one_rank_stops_both_ranks_with_the_same_message(tmp_p
         pytest.fail("a rank is still waiting after the other failed")
     messages = [Path(f"{result}.{r}").read_text() for r in range(2)]
     assert messages[0] == messages[1]
-    assert messages[0].startswith("ValueError: ") and f"sample {bad}" in messages[0] and "on rank 1 of 2" in messages[0]
+    assert messages[0].startswith("ValueError: ") and f"sample(s) [{bad}]" in messages[0] and "on rank 1 of 2" in messages[0]
 
 
 # -- 16: smaller items ----------------------------------------------------------------------------

@@ -79,6 +79,7 @@ def test_held_out_loss_is_the_training_loss_of_the_same_samples(tmp_path, one_th
     cfg = _cfg(tmp_path, steps=2, eval_every=1)
     cfg.optim.lr, cfg.optim.min_lr, cfg.optim.weight_decay = 1e-12, 0.0, 0.0
     pretrain(cfg)
+    cfg.data.stats = str(tmp_path / "run" / "data_stats.json")  # the run computed its data's statistics
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg)
     ds = loop._task_datasets(cfg, method)["mae"]

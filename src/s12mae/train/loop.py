@@ -412,7 +412,7 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
     if d.rank == 0:
         atomic_write(run_dir / "config.yaml", yaml.safe_dump(asked.to_dict(), sort_keys=False))
         history = _trim_metrics(metrics_path, start)
-        sinks = open_sinks(cfg.train.logger, run_dir, cfg.to_dict(), start)
+        sinks = open_sinks(cfg.train.logger, run_dir, asked.to_dict(), start)  # the config as given, like config.yaml
     val_cache: dict[str, list] = {}
     this_run: list[dict[str, Any]] = []
     show = cfg.train.progress and d.rank == 0
