@@ -29,8 +29,9 @@ SIZE_OPTIONS: dict[str, list[str]] = {
     "simulate": ["--sim.num_samples", "16"],
     "pretrain": ["--train.steps", "2", "--train.batch_size", "4", "--train.checkpoint_every", "2",
                  "--train.progress", "false", "--data.simulated.num_samples", "16"],
-    "evaluate": ["--steps", "2"],
-    "table": ["--steps", "2"],
+    "evaluate": ["--steps", "2", "--data.num_train", "8", "--data.num_test", "4", "--progress", "false"],
+    "table": ["--steps", "2", "--seeds", "[0]", "--scenarios", "[frozen]", "--tasks", "[sen1floods11]",
+              "--data", "{num_train: 8, num_test: 4}", "--progress", "false"],
     "demo": ["--steps", "2", "--num_samples", "16", "--eval_steps", "2"],
 }
 SKIP_PREFIXES = ("python3 -m venv",)
@@ -66,6 +67,7 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys):
     for command in readme_commands((ROOT / "README.md").read_text()):
         argv = shlex.split(command)[1:]
         argv += SIZE_OPTIONS.get(argv[0], [])
+        print("README command:", command, flush=True)
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 0, f"README command failed: {command}\n{err[-2000:]}"
