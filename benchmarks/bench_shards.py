@@ -30,6 +30,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from s12mae.inputs import model_inputs
 from s12mae.sensors import get_sensor
 from s12mae.shards import ShardConfig, ShardStream, read_samples, write_shards
 from s12mae.simulate import SimulationConfig, simulate_scene
@@ -102,9 +103,7 @@ def main() -> None:
         def tif_train() -> int:
             n = 0
             for x, valid in tif_decode():
-                y = spec.normalize(spec.to_units(torch.from_numpy(x)))
-                ok = torch.isfinite(y) & torch.from_numpy(valid)
-                torch.where(ok, y, 0.0)
+                model_inputs(spec, torch.from_numpy(x), torch.from_numpy(valid), nodata="mask")
                 n += 1
             return n
 

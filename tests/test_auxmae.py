@@ -19,7 +19,7 @@ def _aux(scale: int = 1) -> AuxMAE:
     torch.manual_seed(0)
     enc = build_encoder("vit_nano_patch8", {"s2_l1c": 13}, 32)
     mae = MAE(enc, "s2_l1c", "vitlite_128d2b", mask_ratio=0.75, seed=7)
-    return AuxMAE(mae, "vitlite_128d2b", "s1_grd", 2, target_scale=scale)
+    return AuxMAE(mae, "vitlite_128d2b", aux_sensor="s1_grd", aux_channels=2, target_scale=scale)
 
 
 def _batch(scale: int = 1, n: int = 2) -> dict[str, torch.Tensor]:

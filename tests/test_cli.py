@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from conftest import shared
-from s12mae.cli import config_from_namespace, main, pretrain_parser
+from s12mae.cli import COMMANDS, config_from_namespace, main, pretrain_parser
 from s12mae.demo import demo_config
+from s12mae.methods import METHODS
 from s12mae.sensors import get_sensor, load_stats
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -121,3 +122,67 @@ def test_pair_shards_and_pretrain_from_shards_commands(tmp_path):
                  "vitlite_128d2b", "--model.img_size", "16", "--data.path", str(shards), "--train.steps", "2",
                  "--train.batch_size", "4", "--train.out_dir", str(run)]) == 0
     assert (run / "reconstruction_mix.png").stat().st_size > 0
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())  # help output wraps lines at the terminal width
+
+
+def test_root_help_gives_one_line_per_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = _flat(capsys.readouterr().out)
+    for cmd in COMMANDS.values():
+        assert "\n" not in cmd.help and f"{cmd.name} {cmd.help}" in out, cmd.name
+
+
+def test_pretrain_help_shows_field_docstrings_and_the_registered_methods(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    out = _flat(capsys.readouterr().out)
+    assert "--model.mask_ratio MASK_RATIO Fraction of patches hidden from the encoder in the MAE task." in out
+    assert "--model.mix.lam LAM Lambda of equation 1" in out  # a section's field
+    assert "--train.steps STEPS Optimizer steps in the whole run." in out
+    assert "--method {" + ",".join(METHODS) + "}" in out
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--method", "simclr"])
+    assert "mixmae" in capsys.readouterr().err
+
+
+def test_old_flat_keys_are_errors_that_name_their_new_place(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("method: mixmae\nmodel:\n  mix_lambda: 0.3\n  aux_sensor: s1_grd\n")
+    assert main(["pretrain", "--config", str(old), "--train.steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(old) in err and "model.mix_lambda is now model.mix.lam" in err
+    assert "model.aux_sensor is now model.aux.sensor" in err
+    assert main(["pretrain", "--model.mix_drop_ratio=0.5"]) == 2
+    assert "model.mix_drop_ratio is now model.mix.drop_ratio" in capsys.readouterr().err
+    section = tmp_path / "model.yaml"
+    section.write_text("mix_loss_weights: [0.5, 0.5]\n")
+    assert main(["pretrain", "--model", str(section)]) == 2
+    assert "model.mix_loss_weights is now model.mix.lam" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_method_sections_parse_from_flags_and_are_validated():
+    p = pretrain_parser()
+    cfg = config_from_namespace(p, p.parse_args(["--method", "mixmae", "--model.mix.lam", "0.25",
+                                                 "--model.mix.drop_ratio", "0.5"]))
+    assert cfg.model.mix.loss_weights() == [0.75, 0.25] and cfg.model.mix.drop_ratio == 0.5
+    with pytest.raises(ValueError, match="model.mix.lam"):
+        config_from_namespace(p, p.parse_args(["--model.mix.lam", "1.5"]))
+
+
+def test_cli_uses_no_private_jsonargparse_attributes():
+    """The CLI is built on jsonargparse's public API only (no ``parser._subcommands_action``)."""
+    import ast
+
+    import s12mae.cli
+
+    for path in Path(s12mae.cli.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                   and n.attr.startswith("_") and not n.attr.startswith("__")]
+        assert not private, f"{path.name}: {private}"

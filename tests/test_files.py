@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from s12mae.files import atomic_dir, atomic_path, atomic_write, remove_stale_temps
@@ -46,3 +48,15 @@ def test_remove_stale_temps_only_touches_temporaries(tmp_path):
     removed = remove_stale_temps(tmp_path)
     assert sorted(p.name for p in removed) == [".a.json.x1.tmp.json", ".ckpt.abc.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".keep-hidden", "keep.txt"]
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "shared.json", "{}")
+        with open(tmp_path / "plain.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from s12mae.methods.mae import MAE, random_masking
+from s12mae.methods.mae import MAE, hidden_ids, patch_targets, random_masking
 from s12mae.models.vit import build_encoder
 from s12mae.rng import keyed_uniform
 
@@ -90,3 +90,74 @@ def test_norm_pix_targets_and_visualize():
     assert labels == ["input", "masked input", "reconstruction", "reconstruction + visible"]
     masked = vis["panels"][1][2]
     assert torch.isnan(masked).float().mean().item() == 0.75
+
+
+def _unfold_patches(x: torch.Tensor, p: int) -> torch.Tensor:  # independent (N, C, H, W) -> (N, L, p*p*C)
+    n, c = x.shape[:2]
+    return x.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 4, 5, 1).reshape(n, -1, p * p * c)
+
+
+def _straightforward_loss(mae: MAE, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+    """MAE's loss the plain way: embed every patch, keep the visible ones, decode every patch,
+    score the hidden ones (what ``forward`` computed before it learnt to skip work)."""
+    imgs, valid = batch["s2_l1c"], batch.get("valid.s2_l1c")
+    tokens = mae.encoder.embed(imgs, "s2_l1c")  # timm's patch convolution over the whole grid
+    ids_keep, mask, ids_restore = random_masking(mae.seed, step, batch["index"], tokens.shape[1], mae.mask_ratio)
+    visible = torch.stack([t[k] for t, k in zip(tokens, ids_keep)])
+    pred = mae.decoder(mae.encoder.forward_tokens(visible), (4, 4), ids_restore)
+    target = _unfold_patches(imgs, 8)
+    ok = torch.ones_like(target) if valid is None else _unfold_patches(valid.float(), 8)
+    if mae.norm_pix_loss:
+        count = ok.sum(-1, keepdim=True)
+        mean = (target * ok).sum(-1, keepdim=True) / count
+        var = (((target - mean) * ok) ** 2).sum(-1, keepdim=True) / (count - 1)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    return (((pred - target) ** 2) * ok * mask.unsqueeze(-1)).sum()
+
+
+def test_training_loss_and_gradients_equal_the_straightforward_formulation():
+    for norm_pix in (False, True):
+        for with_nodata in (False, True):
+            mae = _mae(norm_pix=norm_pix)
+            g = torch.Generator().manual_seed(5)
+            imgs = torch.randn(4, 13, 32, 32, generator=g)
+            batch = {"s2_l1c": imgs, "index": torch.arange(20, 24)}
+            if with_nodata:
+                valid = torch.rand(4, 13, 32, 32, generator=g) > 0.3
+                batch |= {"s2_l1c": torch.where(valid, imgs, 0.0), "valid.s2_l1c": valid}  # as the loader fills
+            num = mae(batch, "mae", 4)["s2_l1c"]
+            num.backward()
+            grads = {k: p.grad.clone() for k, p in mae.named_parameters() if p.grad is not None}
+            mae.zero_grad(set_to_none=True)
+            ref = _straightforward_loss(mae, batch, 4)
+            ref.backward()
+            # float32 rounding only: sums over fewer rows and a matmul patch embedding
+            torch.testing.assert_close(num, ref, rtol=1e-6, atol=0)
+            assert set(grads) == {k for k, p in mae.named_parameters() if p.grad is not None}
+            for k, p in mae.named_parameters():
+                if p.grad is not None:  # relative to the gradient's scale: sums of many terms
+                    assert float((grads[k] - p.grad).norm()) <= 1e-5 * float(p.grad.norm()), k
+
+
+def test_forward_loss_on_all_rows_is_bit_identical_to_the_full_weight_formulation():
+    mae = _mae()
+    imgs = torch.randn(3, 13, 32, 32)
+    latent, mask, ids_restore = mae.forward_encoder(imgs, 0, torch.arange(3))
+    pred = mae.forward_decoder(latent, ids_restore, (4, 4))
+    num, den = mae.forward_loss(imgs, pred, mask, None)
+    target = patch_targets(imgs, None, 8, False)[0]
+    assert torch.equal(num, (((pred - target) ** 2) * (torch.ones_like(target) * mask.unsqueeze(-1))).sum())
+    assert den == mask.sum() * 8 * 8 * 13
+    hidden = hidden_ids(mask, 12)
+    assert torch.equal(mask.gather(1, hidden), torch.ones(3, 12))
+    assert torch.all(hidden.diff(dim=1) > 0)  # grid order
+    rows = mae.forward_decoder(latent, ids_restore, (4, 4), hidden)
+    torch.testing.assert_close(rows, pred.gather(1, hidden.unsqueeze(-1).expand(-1, -1, pred.shape[-1])))
+    torch.testing.assert_close(mae.forward_loss(imgs, rows, mask, None, hidden)[0], num, rtol=1e-6, atol=0)
+    # nodata may hold NaN in the targets: it counts nothing and poisons nothing
+    valid = torch.rand(3, 13, 32, 32) > 0.2
+    holes = torch.where(valid, imgs, torch.nan)
+    a = mae.forward_loss(holes, rows, mask, valid, hidden)
+    b = mae.forward_loss(torch.where(valid, imgs, 0.0), rows, mask, valid, hidden)
+    assert torch.isfinite(a[0]) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[1] == mae.denominators({"s2_l1c": holes, "valid.s2_l1c": valid, "index": torch.arange(3)}, "mae", 0)["s2_l1c"]

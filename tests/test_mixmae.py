@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from s12mae.config import ModelConfig
+from s12mae.config import MixConfig, ModelConfig
 from s12mae.methods import build_method
 from s12mae.methods.mixmae import MixMAE, random_mixing, split_counts
 from s12mae.models.vit import build_encoder
@@ -74,7 +74,7 @@ def test_each_sensor_loss_covers_exactly_its_unseen_patches():
 
 def test_lambda_weights_the_losses_and_gradients_reach_both_patch_embeddings():
     cfg = tiny_config("unused")
-    cfg.method, cfg.model.mix_lambda = "mixmae", 0.3
+    cfg.method, cfg.model.mix.lam = "mixmae", 0.3
     mix = build_method(cfg)
     assert isinstance(mix, MixMAE)
     assert mix.term_weights("mix") == pytest.approx({"s2_l1c": 0.7, "s1_grd": 0.3})
@@ -86,11 +86,10 @@ def test_lambda_weights_the_losses_and_gradients_reach_both_patch_embeddings():
     for s in mix.sensors:
         assert mix.encoder.patch_embed[s].proj.weight.grad.abs().sum() > 0
         assert mix.decoders[s].pred.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="mix_proportions"):
-        ModelConfig(mix_proportions=[1.0, 0.0])
-    with pytest.raises(ValueError, match="mix_loss_weights"):
-        ModelConfig(mix_sensors=["s2_l1c", "s1_grd", "dem"], mix_loss_weights=[1.0, 1.0])
-    cfg.model.mix_sensors = ["s2_l1c", "radar"]
+    with pytest.raises(ValueError, match="model.mix.proportions"):
+        MixConfig(proportions=[1.0, 0.0])
+    assert MixConfig(sensors=["s2_l1c", "s1_grd", "dem"], lam=0.4).loss_weights() == pytest.approx([0.3, 0.4, 0.3])
+    cfg.model.mix.sensors = ["s2_l1c", "radar"]
     with pytest.raises(KeyError, match="unknown sensor"):
         build_method(cfg)
 
@@ -128,7 +127,7 @@ def test_dropped_positions_count_in_every_loss_and_leave_the_encoder():
 
 
 def test_sensor_embedding_is_off_by_default_changes_outputs_and_folds_into_the_encoder():
-    assert _mix().sensor_embed is None and ModelConfig().mix_sensor_embedding is False
+    assert _mix().sensor_embed is None and ModelConfig().mix.sensor_embedding is False
     batch = _batch()
     plain, emb = _mix(), _mix(sensor_embedding=True)
     emb.load_state_dict(plain.state_dict(), strict=False)
@@ -160,3 +159,41 @@ def test_pretrain_end_to_end_writes_pictures_and_resume_repeats_losses(tmp_path)
         pretrain(cfg("b"), callbacks=[crash])
     resumed = pretrain(cfg("b"), resume=True)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+
+
+def _straightforward_mix_losses(mix: MixMAE, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+    """MixMAE's loss sums the plain way: embed every patch of every sensor, pick per position,
+    decode every patch, score each sensor's unseen ones (``forward`` before it skipped work)."""
+    tokens = {s: mix.encoder.embed(batch[s], s) for s in mix.sensors}
+    source, ids_keep, ids_restore = mix.mixing(step, batch["index"], 16)
+    mixed = torch.zeros_like(tokens[mix.sensors[0]])
+    for i, s in enumerate(mix.sensors):
+        tok = tokens[s] if mix.sensor_embed is None else tokens[s] + mix.sensor_embed[s]
+        mixed = torch.where((source == i).unsqueeze(-1), tok, mixed)
+    kept = torch.stack([m[k] for m, k in zip(mixed, ids_keep)])
+    latent = mix.encoder.forward_tokens(kept)
+    out = {}
+    for i, s in enumerate(mix.sensors):
+        pred = mix.decoders[s](latent, (4, 4), ids_restore)
+        out[s] = (((pred - _patches(batch[s])) ** 2) * (source != i).unsqueeze(-1)).sum()
+    return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"drop_ratio": 0.25, "sensor_embedding": True}])
+def test_training_losses_and_gradients_equal_the_straightforward_formulation(kw):
+    mix = _mix(**kw)
+    if mix.sensor_embed is not None:
+        torch.nn.init.normal_(mix.sensor_embed["s1_grd"], std=0.5)
+    batch = _batch()
+    nums = mix(batch, "mix", 3)
+    sum(nums.values()).backward()
+    grads = {k: p.grad.clone() for k, p in mix.named_parameters() if p.grad is not None}
+    mix.zero_grad(set_to_none=True)
+    ref = _straightforward_mix_losses(mix, batch, 3)
+    sum(ref.values()).backward()
+    for s in mix.sensors:  # float32 rounding only: sums over fewer rows, matmul patch embedding
+        torch.testing.assert_close(nums[s], ref[s], rtol=1e-6, atol=0)
+    assert set(grads) == {k for k, p in mix.named_parameters() if p.grad is not None}
+    for k, p in mix.named_parameters():
+        if p.grad is not None:
+            assert float((grads[k] - p.grad).norm()) <= 1e-5 * float(p.grad.norm()), k

@@ -104,3 +104,53 @@ def test_forward_intermediates_gives_feature_maps():
     assert [m.shape for m in maps] == [(2, 128, 4, 4)] * 2
     last = enc.forward_intermediates(torch.randn(1, 13, 32, 32), norm=True)
     assert len(last) == 1
+
+
+@pytest.mark.parametrize("c, size", [(2, 32), (13, 32), (13, 48)])
+def test_embedding_chosen_patches_equals_embedding_all_then_choosing(c, size):
+    enc = build_encoder("vit_nano_patch8", {"s": c}, 32)
+    x = torch.randn(3, c, size, size)
+    length = (size // 8) ** 2
+    ids = torch.stack([torch.randperm(length)[:5] for _ in range(3)])
+    full = enc.embed(x, "s")
+    chosen = enc.embed(x, "s", ids)
+    assert chosen.shape == (3, 5, 128)
+    torch.testing.assert_close(chosen, full.gather(1, ids.unsqueeze(-1).expand(-1, -1, 128)), rtol=1e-5, atol=1e-5)
+    assert torch.equal(patchify(x, 8, ids), patchify(x, 8).gather(1, ids.unsqueeze(-1).expand(-1, -1, 64 * c)))
+
+
+def test_decoder_predicts_only_the_asked_positions():
+    dec = build_decoder("vitlite_128d2b", in_dim=64, grid=(2, 3), out_dim=8 * 8 * 2)
+    tokens = torch.randn(2, 1 + 2, 64)
+    ids_restore = torch.stack([torch.randperm(6) for _ in range(2)])
+    full = dec(tokens, (2, 3), ids_restore)
+    ids = torch.tensor([[0, 4, 5], [1, 2, 3]])
+    some = dec(tokens, (2, 3), ids_restore, ids)
+    assert some.shape == (2, 3, 128)
+    torch.testing.assert_close(some, full.gather(1, ids.unsqueeze(-1).expand(-1, -1, 128)))
+
+
+def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_nano_patch8", {"s2_l1c": 13}, 32)
+    x = torch.randn(2, 13, 32, 32)
+    results = []
+    for on in (False, True):
+        enc.set_grad_checkpointing(on)
+        out = enc(x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in enc.parameters()]))
+        enc.zero_grad(set_to_none=True)
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v)
+    assert build_encoder("vit_nano_patch8", {"s2_l1c": 13}, 32, grad_checkpointing=True).grad_checkpointing
+
+
+def test_attention_uses_torch_scaled_dot_product_attention():
+    # timm's blocks call F.scaled_dot_product_attention unless TIMM_FUSED_ATTN=0 turns it off
+    enc = build_encoder("vit_nano_patch8", {"s2_l1c": 13}, 32)
+    dec = build_decoder("vitlite_128d2b", 128, (4, 4), 64 * 13)
+    blocks = [*enc.blocks, *dec.blocks]
+    assert all(b.attn.fused_attn for b in blocks)

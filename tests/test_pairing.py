@@ -4,7 +4,7 @@ brute-force reference, atomic outputs and bad input."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA
 import shapely
+from conftest import SHARED_DATA
 
 from s12mae import pairing
 from s12mae.pairing import load_items, pair, pair_cli
 
 DATA = SHARED_DATA
-T0 = datetime(2021, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2021, 3, 1, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)
 D = timedelta(days=1)
 
@@ -358,7 +358,7 @@ def _random_rows(rng: np.random.Generator, n: int, prefix: str) -> list[dict]:
         cx = 176.0 + 0.25 * int(rng.integers(0, 64))  # 176 .. 192, wrapped below
         cy = 0.25 * int(rng.integers(0, 32))
         w, h = 0.25 * int(rng.integers(1, 6)), 0.25 * int(rng.integers(1, 6))
-        wrap = lambda x: (x + 180.0) % 360.0 - 180.0  # noqa: E731
+        wrap = lambda x: (x + 180.0) % 360.0 - 180.0
         if u < 0.05:
             pass  # no footprint
         elif u < 0.2:
@@ -465,7 +465,7 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
             raise OSError("disk full")
         real(tab, where, **kw)
 
-    monkeypatch.setattr(pairing.pq, "write_table", flaky)
+    monkeypatch.setattr(pq, "write_table", flaky)
     with pytest.raises(OSError, match="disk full"):
         pair_cli(str(s2), str(s1), out=str(out), max_days=30, threads=1, quiet=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old outputs intact, no temp left

@@ -47,3 +47,34 @@ def test_user_statistics_override_defaults_and_bad_files_are_named(tmp_path):
         get_sensor("s1_grd", tmp_path / "missing.json")
     with pytest.raises(KeyError, match="unknown sensor"):
         get_sensor("landsat9")
+
+
+def test_sensor_roles_are_data():
+    from s12mae.sensors import layout_sensors, sensors_of_family
+
+    assert sensors_of_family("s2") == ["s2_l1c", "s2_l2a"]
+    assert sensors_of_family("s1") == ["s1_grd", "s1_rtc"]
+    assert get_sensor("s2_l2a").baseline_offset and not get_sensor("s1_grd").baseline_offset
+    assert layout_sensors("ssl4eo") == {"s2c": "s2_l1c", "s2a": "s2_l2a", "s1": "s1_grd"}
+    with pytest.raises(KeyError, match="nolayout"):
+        layout_sensors("nolayout")
+
+
+def test_statistics_files_are_read_once_and_reread_when_rewritten(tmp_path, monkeypatch):
+    import json
+
+    from s12mae import sensors
+
+    path = tmp_path / "stats.json"
+    bands = {b: {"mean": 0.0, "std": 1.0} for b in get_sensor("s1_grd").band_names}
+    path.write_text(json.dumps({"s1_grd": {"bands": bands}}))
+    sensors._load_stats_cached.cache_clear()
+    reads = []
+    real = sensors.json.loads
+    monkeypatch.setattr(sensors.json, "loads", lambda t: reads.append(1) or real(t))
+    for _ in range(5):
+        get_sensor("s1_grd", path)
+    assert len(reads) == 2  # the user file once, the shipped defaults once
+    bands["VV"]["mean"] = 3.0
+    path.write_text(json.dumps({"s1_grd": {"bands": bands}}) + "   ")
+    assert get_sensor("s1_grd", path).stats["VV"].mean == 3.0

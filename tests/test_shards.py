@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tarfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from s12mae.shards import (
     read_manifest,
     read_samples,
     shard_loader,
-    shards_cli,
+    write_shard_set,
     write_shards,
 )
 from s12mae.simulate import SimulationConfig, simulate_scene, write_simulated
@@ -110,6 +111,9 @@ def test_deterministic_bytes(tmp_path):
     write_shards(scenes(), tmp_path / "b", GRID)
     a, b = files(tmp_path / "a"), files(tmp_path / "b")
     assert a == b and sorted(a) == [f"shard-{i:06d}.tar" for i in range(8)] + ["shards.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "a").iterdir()} == {0o666 & ~umask}  # as open()
     with tarfile.open(tmp_path / "a" / "shard-000000.tar") as tar:
         members = tar.getmembers()
     assert [m.name for m in members] == sorted(m.name for m in members)
@@ -139,15 +143,17 @@ def test_crash_leaves_only_complete_shards_and_rerun_completes(tmp_path, k):
     with pytest.raises(RuntimeError):
         write_shards(Crashing(scenes(), k), out, GRID)
     complete = (k * 4) // 3
-    names = sorted(p.name for p in out.iterdir())
-    assert [n for n in names if n.endswith(".tar")] == [f"shard-{i:06d}.tar" for i in range(complete)]
-    assert f"shard-{complete:06d}.tar.tmp" in names and "shards.json" not in names
+    names = sorted(p.name for p in out.iterdir())  # the partial shard's temporary is gone too
+    assert names == [f"shard-{i:06d}.tar" for i in range(complete)] + ["shards.progress.json"]
     full = files(tmp_path / "full")
     assert all(full[n] == (out / n).read_bytes() for n in names if n.endswith(".tar"))
+    # a kill -9 mid-shard leaves its temporary (and older versions left shard-N.tar.tmp)
+    (out / f".shard-{complete:06d}.tar.0f3a.tmp.tar").write_bytes(full[f"shard-{complete:06d}.tar"][:5000])
+    (out / f"shard-{complete:06d}.tar.tmp").write_bytes(b"partial")
     stream = ShardStream(out, [S2, S1], seed=0, shuffle_buffer=0, nodata="mask")
-    assert len(list(stream.iter_epoch(0))) == 3 * complete  # the .tmp is not read
+    assert len(list(stream.iter_epoch(0))) == 3 * complete  # temporaries are not read
     write_shards(scenes(), out, GRID)
-    assert files(out) == full
+    assert files(out) == full  # and the rerun removed them
 
 
 def test_rank_and_worker_split(tmp_path):
@@ -215,8 +221,9 @@ def test_grid_and_random_crops_deterministic(tmp_path):
 
 def test_pair_and_s2_only_sets(tmp_path):
     write_simulated(tmp_path / "sim", dataclasses.replace(SIM, s1_fraction=0.5))
-    pairs = shards_cli(str(tmp_path / "sim"), str(tmp_path / "pairs"), ShardConfig(sensors=["s2_l1c", "s1_grd"]))
-    s2 = shards_cli(str(tmp_path / "sim"), str(tmp_path / "s2"), ShardConfig(sensors=["s2_l1c"]))
+    pair_cfg = ShardConfig(sensors=["s2_l1c", "s1_grd"])
+    pairs = write_shard_set(str(tmp_path / "sim"), str(tmp_path / "pairs"), pair_cfg)
+    s2 = write_shard_set(str(tmp_path / "sim"), str(tmp_path / "s2"), ShardConfig(sensors=["s2_l1c"]))
     assert s2["num_samples"] == 12 and 0 < pairs["num_samples"] < 12
     assert pairs["scenes"]["missing_sensor"] == 12 - pairs["num_samples"]
     assert all(np.isfinite(c["s1_grd"]).all() and c["meta"]["gap_hours"] == 0.0 for c in read_samples(tmp_path / "pairs"))

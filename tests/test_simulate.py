@@ -16,6 +16,7 @@ from s12mae.simulate import (
     load_simulated,
     simulate,
     simulate_scene,
+    simulated_samples,
     write_simulated,
 )
 
@@ -223,3 +224,24 @@ def test_s2_only_scenes_have_no_s1_and_leave_the_rest_unchanged():
     full = simulate(SimulationConfig(num_samples=40, img_size=16))
     np.testing.assert_array_equal(data["s2_l1c"], full["s2_l1c"])
     np.testing.assert_array_equal(data["s1_grd"][avail], full["s1_grd"][avail])
+
+
+def test_simulated_samples_are_reader_samples(tmp_path: Path) -> None:
+    cfg = replace(CFG, num_samples=10, img_size=16, s1_fraction=0.5)
+    out = write_simulated(tmp_path / "sim", cfg)
+    arrays, _ = load_simulated(out)
+    samples = simulated_samples(out)
+    assert len(samples) == 10
+    avail = arrays["available.s1_grd"].astype(bool)
+    for i, sample in enumerate(samples):
+        assert sample["id"] == f"sim-{i:06d}" and sample["meta"]["source"] == "simulated"
+        np.testing.assert_array_equal(sample["s2_l1c"], arrays["s2_l1c"][i])
+        assert sample["valid.s2_l1c"].dtype == bool and sample["valid.s2_l1c"].all()  # DN >= 1
+        assert ("s1_grd" in sample) == avail[i] == ("gap_hours" in sample["meta"])
+        if avail[i]:
+            np.testing.assert_array_equal(sample["s1_grd"], arrays["s1_grd"][i])
+            assert sample["valid.s1_grd"].all()
+        labels = {"label.cloud", "label.water", "label.landcover_presence", "label.landcover_hr"}
+        assert labels <= set(sample)
+    with pytest.raises(IndexError):
+        samples[10]

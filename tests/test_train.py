@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import numpy as np
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 
@@ -97,7 +98,7 @@ def test_non_finite_input_names_the_sample_unless_masked(tmp_path):
     arr.flush()
     cfg = tiny_config(str(tmp_path / "r"), steps=2)
     cfg.data.path = str(data)
-    with pytest.raises(ValueError, match="sample 5 has 1 nodata"):
+    with pytest.raises(ValueError, match=r"task .mae.: sample\(s\) \[5\] have 1 nodata"):
         pretrain(cfg)
     cfg.data.nodata = "mask"
     cfg.train.out_dir = str(tmp_path / "r2")
@@ -156,3 +157,46 @@ def test_resume_of_a_finished_run_redoes_only_its_end(tmp_path):
     result = pretrain(cfg, resume=True)
     assert (run / "encoder.safetensors").stat().st_size > 0
     assert [r["step"] for r in result.history] == [0, 1, 2]
+
+
+def _old_style_config(cfg, **model) -> str:
+    """``config.yaml`` as runs wrote it before the per-method sections (flat ``aux_*``/``mix_*``)."""
+    d = cfg.to_dict()
+    aux, mix = d["model"].pop("aux"), d["model"].pop("mix")
+    d["model"].update({"aux_sensor": aux["sensor"], "aux_target_scale": aux["target_scale"],
+                       "mix_sensors": mix["sensors"], "mix_proportions": mix["proportions"], "mix_lambda": mix["lam"],
+                       "mix_loss_weights": None, "mix_drop_ratio": mix["drop_ratio"],
+                       "mix_sensor_embedding": mix["sensor_embedding"], **model})
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def test_a_run_folder_with_an_old_style_config_resumes_and_its_differences_are_named(tmp_path):
+    cfg = tiny_config(str(tmp_path / "r"), steps=3)
+    pretrain(cfg)
+    saved = tmp_path / "r" / "config.yaml"
+    saved.write_text(_old_style_config(cfg))
+    assert [r["step"] for r in pretrain(cfg, resume=True).history] == [0, 1, 2]  # upgraded on read
+    saved.write_text(_old_style_config(cfg, mix_lambda=0.3))
+    with pytest.raises(ValueError, match=r"model\.mix\.lam: 0\.3 -> 0\.5"):
+        pretrain(cfg, resume=True)
+    saved.write_text(_old_style_config(cfg, mix_lambda=0.5, mix_loss_weights=[1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"config\.yaml: MixMAE loss weights \[1\.0, 1\.0\] .* model\.mix\.lam"):
+        pretrain(cfg, resume=True)
+
+
+def test_old_loss_weights_become_the_lam_that_gives_them():
+    from s12mae.config import upgrade_saved_config
+
+    def lam(**old):
+        return upgrade_saved_config({"model": old}, "x.yaml")["model"]["mix"]["lam"]
+
+    assert lam(mix_lambda=0.3) == pytest.approx(0.3)
+    assert lam(mix_loss_weights=[0.8, 0.2]) == pytest.approx(0.2)
+    three = ["s2_l1c", "s1_grd", "dem"]
+    assert lam(mix_sensors=three, mix_lambda=0.5) == pytest.approx(1 / 3)  # the old equal weights
+    assert lam(mix_sensors=three, mix_loss_weights=[0.25, 0.5, 0.25]) == pytest.approx(0.5)  # by role: s1 gets lam
+    assert lam(mix_sensors=["s1_grd", "s2_l1c"], mix_lambda=0.3) == pytest.approx(0.7)  # old positional: s1 got 0.7
+    with pytest.raises(ValueError, match="x.yaml"):
+        lam(mix_sensors=three, mix_loss_weights=[0.5, 0.3, 0.2])
+    new = {"model": {"mix": {"lam": 0.4}}}
+    assert upgrade_saved_config(new, "x.yaml") is new

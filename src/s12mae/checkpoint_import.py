@@ -131,7 +131,8 @@ def read_mae_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     except pickle.UnpicklingError as err:  # an object weights_only refuses, or not a pickle at all
         raise ValueError(
             f"{path}: refused by tensor-only loading (weights_only=True allows tensors, plain containers "
-            f"and argparse.Namespace): {_unpickler_reason(err)}"
+            f"and argparse.Namespace): the file holds code or other objects ({_unpickler_reason(err)}) and "
+            "was not loaded; nothing in it ran"
         ) from None
     except Exception as err:  # torch raises many types for truncated or corrupt files
         raise ValueError(f"{path}: unreadable, truncated or corrupt ({type(err).__name__}: {err})") from None
@@ -142,11 +143,16 @@ def read_mae_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+_TORCH_ADVICE = ("Weights only load failed", "Re-running", "weights_only", "Check the documentation", "Please file")
+
+
 def _unpickler_reason(err: Exception) -> str:
-    """The one-line cause in torch's weights_only message (which goes on to advise weights_only=False)."""
+    """The cause in torch's weights_only message (e.g. the refused global), without its advice to
+    rerun with ``weights_only=False``, which would run the file's code."""
     text = str(err).partition("WeightsUnpickler error:")[2] or str(err)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0].split(" Please use")[0] if lines else type(err).__name__
+    causes = [line.split(" Please use")[0] for line in lines if not any(a in line for a in _TORCH_ADVICE)]
+    return causes[0] if causes else "an object tensor-only loading does not allow"
 
 
 def _grid(length: int) -> tuple[int, int] | None:

@@ -10,13 +10,15 @@ find the leftovers of a killed writer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write", "remove_stale_temps"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write", "remove_stale_temps", "undo_outputs_on_failure"]
 
 TMP_MARK = ".tmp"
 
@@ -34,15 +36,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_MARK + path.suffix)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temp_file(path)
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temp_file(path: Path) -> Path:
+    """A new empty file beside ``path`` with the permissions ``open`` gives (0666 less the umask;
+    ``mkstemp``'s 0600 would hide shard sets and exports from a group that shares them)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_MARK}{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: found no free temporary name for {path.name}")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -101,3 +114,34 @@ def remove_stale_temps(folder: str | os.PathLike, prefix: str = ".") -> list[Pat
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def undo_outputs_on_failure(folder_of: Callable[..., str | os.PathLike]) -> Callable[[Callable], Callable]:
+    """Decorator: if the command raises, remove what it added to its output folder.
+
+    ``folder_of`` gets the command's arguments and returns its output folder. Entries the folder
+    held before the call stay (outputs are replaced atomically, so they are old or new, never
+    half); new ones go, and the folder itself if the call created it. A failed command thus
+    leaves no partial outputs (e.g. ``encoder_stats.json`` of an evaluation that failed later).
+    """
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            folder = Path(folder_of(*args, **kwargs))
+            created = not folder.exists()
+            before = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+            try:
+                return command(*args, **kwargs)
+            except BaseException:
+                if created:
+                    shutil.rmtree(folder, ignore_errors=True)
+                elif folder.is_dir():
+                    for p in folder.iterdir():
+                        if p.name not in before:
+                            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                raise
+
+        return wrapper
+
+    return decorate

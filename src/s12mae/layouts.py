@@ -19,10 +19,12 @@ Layouts:
 - ``s2-all``: the same folder, S2 only: every S2 item of ``pairs.parquet`` and of
   ``s2_only.parquet`` (the MAE task's dataset under alternating gradient descent).
 
-In ``pairs``/``s2-all`` folders, relative paths are taken relative to the folder itself. The S2
-sensor of a row is its SSL4EO product (``s2c`` -> ``s2_l1c``, ``s2a`` -> ``s2_l2a``, where both
-exist for the acquisition ``sensors`` may ask for either or both); for GeoTIFF stacks it is the S2
-key in ``sensors`` (default ``s2_l1c``), likewise the S1 key (default ``s1_grd``).
+Paths in ``pairs``/``s2-all`` folders follow :mod:`s12mae.paths`: ``s12mae pair`` writes them
+absolute, and a relative one (a hand-made table) is relative to the folder itself, never to the
+working directory. The S2 sensor of a row is its SSL4EO product (``s2c`` -> ``s2_l1c``, ``s2a`` ->
+``s2_l2a``, where both exist for the acquisition ``sensors`` may ask for either or both); for
+GeoTIFF stacks it is the S2 key in ``sensors`` (default: the first S2 sensor of ``sensors.yaml``,
+``s2_l1c``), likewise the S1 key (default ``s1_grd``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from s12mae.paths import is_url, resolve
 from s12mae.readers import (
-    Acquisition,
     BigEarthNetV1Reader,
     BigEarthNetV2Reader,
     GenericReader,
@@ -41,18 +43,22 @@ from s12mae.readers import (
     RasterReader,
     Sen1Floods11Reader,
     SensorLayer,
-    SSL4EOReader,
     TerraMeshReader,
-    parse_time,
 )
-from s12mae.sensors import list_sensors
+from s12mae.readers.ssl4eo import (
+    FOLDER_PATTERN,
+    ListedSSL4EOReader,
+    is_acquisition_folder,
+    s2_product_folders,
+    sensor_of,
+)
+from s12mae.sensors import list_sensors, sensors_of_family
+from s12mae.times import parse_time
 
-__all__ = ["LAYOUTS", "PairFolder", "open_layout"]
+__all__ = ["LAYOUTS", "PairFolder", "open_layout", "train_split"]
 
 log = logging.getLogger(__name__)
 
-S2_KEYS = ("s2_l1c", "s2_l2a")
-S1_KEYS = ("s1_grd", "s1_rtc")
 _STACK_SUFFIXES = (".tif", ".tiff")
 
 
@@ -76,31 +82,13 @@ class _KeepKeys(Sequence):
 
 def _simulated(data: Path, sensors: list[str] | None, skip_bad: bool) -> Sequence[dict[str, Any]]:
     """A ``s12mae simulate`` folder (``s2_l1c``, ``s1_grd`` where simulated, labels)."""
-    from s12mae.shards import simulated_samples
+    from s12mae.simulate import simulated_samples
 
     samples = simulated_samples(data)
     return samples if sensors is None else _KeepKeys(samples, sensors)
 
 
 # -- pairs folders ------------------------------------------------------------------------------
-
-
-class _ListedSSL4EO(SSL4EOReader):
-    """:class:`SSL4EOReader` over the given acquisition folders only: no scan of the whole root
-    (millions of folders in the full dataset), and folder names are unambiguous (one S2 datatake
-    name is shared by every location of its tile, which :meth:`load_pair` cannot tell apart)."""
-
-    def __init__(self, folders: Sequence[Path], sensors: Sequence[str] | None) -> None:
-        self._folders = list(dict.fromkeys(folders))
-        super().__init__(self._folders[0].parents[2], sensors)
-
-    def _scan(self) -> list[Acquisition]:
-        out = []
-        for folder in self._folders:
-            time = parse_time(folder.name) or parse_time(self._metadata(folder).get("system:time_start"))
-            sensor = self.products[folder.parent.parent.name]
-            out.append(Acquisition(folder.parent.name, sensor, folder.name, time, folder))
-        return out
 
 
 class _ItemReader(RasterReader):
@@ -114,9 +102,26 @@ class _ItemReader(RasterReader):
         return self._given
 
 
+def _stack_item(
+    item_id: str, sources: list[tuple[str, Path, Any]], keys: list[str], source: str
+) -> dict[str, Any]:
+    """One sample of GeoTIFF stacks ``(family, path, time)``: each sensor key is the first key of
+    ``keys`` in that family (else the family's first sensor); the first stack gives the grid."""
+    layers = []
+    for family, path, time in sources:
+        options = sensors_of_family(family)
+        key = next((k for k in keys if k in options), options[0])
+        layers.append(SensorLayer.stack(key, path, parse_time(time)))
+    return _ItemReader(source, [Item(item_id, layers)], keys)[0]
+
+
 class PairFolder(Sequence):
     """The rows of a ``s12mae pair`` output folder as reader-format samples (layouts ``pairs`` and
     ``s2-all``, see the module docstring). Nothing is read until a sample is indexed.
+
+    Paths in the tables are read by the rule of :mod:`s12mae.paths` (absolute as written by
+    ``s12mae pair``; a relative one is relative to ``folder``), so the folder can be opened from
+    any working directory.
 
     Args:
         folder: folder holding ``pairs.parquet`` (and, for ``s2_all``, ``s2_only.parquet``).
@@ -131,32 +136,35 @@ class PairFolder(Sequence):
 
     def __init__(self, folder: str | Path, *, s2_all: bool = False, sensors: Sequence[str] | None = None,
                  skip_bad: bool = False) -> None:
-        import pyarrow.parquet as pq
-
         self.folder, self.s2_all, self.skip_bad = Path(folder), s2_all, skip_bad
         self.sensors = None if sensors is None else list(sensors)
         self.skipped: list[tuple[str, str]] = []
-        known = set(S2_KEYS) if s2_all else {*S2_KEYS, *S1_KEYS}
+        known = [*sensors_of_family("s2"), *([] if s2_all else sensors_of_family("s1"))]
         bad = [k for k in self.sensors or [] if k not in known]
         if bad:
             raise ValueError(f"{self.folder}: layout {'s2-all' if s2_all else 'pairs'} holds only "
                              f"{sorted(known)}, not {bad}")
         files = ["pairs.parquet", "s2_only.parquet"] if s2_all else ["pairs.parquet"]
+        need = ["s2_id", "s2_path", "s2_time"]
+        need += [] if s2_all else ["s1_id", "s1_path", "s1_time", "gap_hours"]
         self.rows: list[tuple[str, dict[str, Any]]] = []
         for name in files:
-            path = self.folder / name
-            if not path.is_file():
-                raise ValueError(f"{path}: not found; is {self.folder} a folder written by `s12mae pair`?")
-            try:
-                table = pq.read_table(path)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"{path}: cannot read it ({err})") from None
-            need = ["s2_id", "s2_path", "s2_time"]
-            need += [] if s2_all else ["s1_id", "s1_path", "s1_time", "gap_hours"]
-            missing = [c for c in need if c not in table.column_names]
-            if missing:
-                raise ValueError(f"{path}: lacks column(s) {missing}; it has {table.column_names}")
-            self.rows += [(f"{name} row {r}", row) for r, row in enumerate(table.select(need).to_pylist())]
+            table = self._read(self.folder / name, need)
+            self.rows += [(f"{name} row {r}", row) for r, row in enumerate(table.to_pylist())]
+
+    def _read(self, path: Path, need: list[str]) -> Any:
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            raise ValueError(f"{path}: not found; is {self.folder} a folder written by `s12mae pair`?")
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cannot read it ({err})") from None
+        missing = [c for c in need if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{path}: lacks column(s) {missing}; it has {table.column_names}")
+        return table.select(need)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -181,81 +189,66 @@ class PairFolder(Sequence):
     def _path(self, value: Any, column: str, where: str) -> Path:
         if not value:
             raise ValueError(f"{where}: {column} is empty")
-        path = Path(value)
-        path = path if path.is_absolute() else self.folder / path
+        if is_url(value):
+            raise ValueError(f"{where}: {column} {value} is a URL; the {column[:2]} files must be local")
+        path = Path(resolve(value, self.folder))
         if not path.exists():
             raise ValueError(f"{where}: {column} {path} does not exist")
         return path
 
     def _kind(self, path: Path, column: str, where: str) -> str:
         """``ssl4eo`` (an acquisition folder) or ``stack`` (a GeoTIFF)."""
-        if path.is_dir() and path.parent.parent.name in SSL4EOReader.products:
+        if is_acquisition_folder(path):
             return "ssl4eo"
         if path.is_file() and path.suffix.lower() in _STACK_SUFFIXES:
             return "stack"
-        products = "|".join(SSL4EOReader.products)
         raise ValueError(f"{where}: {column} {path} is neither an SSL4EO-S12 acquisition folder "
-                         f"(<root>/<{products}>/<location>/<acquisition>) nor a GeoTIFF")
-
-    def _s2_folders(self, s2: Path, keys: Sequence[str], where: str) -> list[Path]:
-        """The row's S2 acquisition folder and, where ``keys`` name the other S2 product, its
-        sibling of the same name."""
-        own = SSL4EOReader.products[s2.parent.parent.name]
-        wanted = [k for k in keys if k in S2_KEYS]
-        folders = []
-        for product, key in SSL4EOReader.products.items():
-            if key not in wanted:
-                continue
-            folder = s2 if key == own else s2.parents[2] / product / s2.parent.name / s2.name
-            if not folder.is_dir():
-                raise ValueError(f"{where}: {key} was asked for, but {folder} does not exist")
-            folders.append(folder)
-        return folders
+                         f"({FOLDER_PATTERN}) nor a GeoTIFF")
 
     def _keys(self, s2_default: str, with_s1: bool) -> list[str]:
-        """Keys to load: ``sensors``, or the row's S2 and ``s1_grd``; always an S2 key, whose
-        grid is the sample grid (an S2 key that ``sensors`` does not name is dropped after)."""
-        keys = list(self.sensors or [s2_default, *(["s1_grd"] if with_s1 else [])])
-        return keys if any(k in S2_KEYS for k in keys) else [s2_default, *keys]
+        """Keys to load: ``sensors``, or the row's S2 and the first S1 sensor; always an S2 key,
+        whose grid is the sample grid (an S2 key that ``sensors`` does not name is dropped after)."""
+        keys = list(self.sensors or [s2_default, *(sensors_of_family("s1")[:1] if with_s1 else [])])
+        return keys if any(k in sensors_of_family("s2") for k in keys) else [s2_default, *keys]
 
     def _drop_unasked(self, sample: dict[str, Any]) -> dict[str, Any]:
         if self.sensors is None:
             return sample
-        extra = [k for k in S2_KEYS if k in sample and k not in self.sensors]
+        extra = [k for k in sensors_of_family("s2") if k in sample and k not in self.sensors]
         return {k: v for k, v in sample.items() if k not in extra and k.removeprefix("valid.") not in extra}
-
-    def _stack_key(self, keys: Sequence[str], options: Sequence[str]) -> str:
-        return next((k for k in keys if k in options), options[0])
 
     def _load_pair(self, row: dict[str, Any], where: str) -> dict[str, Any]:
         s2 = self._path(row["s2_path"], "s2_path", where)
         s1 = self._path(row["s1_path"], "s1_path", where)
         kinds = {self._kind(s2, "s2_path", where), self._kind(s1, "s1_path", where)}
         if kinds == {"ssl4eo"}:
-            keys = self._keys(SSL4EOReader.products[s2.parent.parent.name], True)
-            sample = _ListedSSL4EO([*self._s2_folders(s2, keys, where), s1], keys).load_pair(s2.name, s1.name)
+            keys = self._keys(sensor_of(s2), True)
+            folders = [*self._s2_folders(s2, keys, where), s1]
+            sample = ListedSSL4EOReader(folders, keys).load_pair(s2.name, s1.name)
         elif kinds == {"stack"}:
-            keys = self._keys("s2_l1c", True)
-            s2_key, s1_key = self._stack_key(keys, S2_KEYS), self._stack_key(keys, S1_KEYS)
-            layers = [SensorLayer.stack(s2_key, s2, parse_time(row["s2_time"])),
-                      SensorLayer.stack(s1_key, s1, parse_time(row["s1_time"]))]
-            item = Item(f"pairs/{row['s2_id']}+{row['s1_id']}", layers)
-            sample = _ItemReader("pairs", [item], keys)[0]
+            sample = _stack_item(f"pairs/{row['s2_id']}+{row['s1_id']}",
+                                 [("s2", s2, row["s2_time"]), ("s1", s1, row["s1_time"])],
+                                 self._keys(sensors_of_family("s2")[0], True), "pairs")
         else:
             raise ValueError(f"{where}: s2_path {s2} and s1_path {s1} are of different layouts")
         sample["meta"]["gap_hours"] = row["gap_hours"]
         sample["meta"]["pair"] = {"s2_id": row["s2_id"], "s1_id": row["s1_id"]}
         return self._drop_unasked(sample)
 
+    def _s2_folders(self, s2: Path, keys: Sequence[str], where: str) -> list[Path]:
+        try:
+            return s2_product_folders(s2, keys)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
     def _load_s2(self, row: dict[str, Any], where: str) -> dict[str, Any]:
         s2 = self._path(row["s2_path"], "s2_path", where)
         if self._kind(s2, "s2_path", where) == "ssl4eo":
-            keys = self._keys(SSL4EOReader.products[s2.parent.parent.name], False)
-            sample = _ListedSSL4EO(self._s2_folders(s2, keys, where), keys)[0]
+            keys = self._keys(sensor_of(s2), False)
+            sample = ListedSSL4EOReader(self._s2_folders(s2, keys, where), keys)[0]
         else:
-            keys = self._keys("s2_l1c", False)
-            layer = SensorLayer.stack(self._stack_key(keys, S2_KEYS), s2, parse_time(row["s2_time"]))
-            sample = _ItemReader("s2-all", [Item(f"s2-all/{row['s2_id']}", [layer])], keys)[0]
+            sample = _stack_item(f"s2-all/{row['s2_id']}", [("s2", s2, row["s2_time"])],
+                                 self._keys(sensors_of_family("s2")[0], False), "s2-all")
         sample["meta"]["s2_item"] = row["s2_id"]
         return sample
 
@@ -273,13 +266,17 @@ def _reader(cls: type[RasterReader]) -> Opener:
     return open_reader
 
 
+_READERS: dict[str, type[RasterReader]] = {
+    "terramesh": TerraMeshReader,
+    "sen1floods11": Sen1Floods11Reader,
+    "bigearthnet-v1": BigEarthNetV1Reader,
+    "bigearthnet-v2": BigEarthNetV2Reader,
+    "generic": GenericReader,
+}
+
 LAYOUTS: dict[str, Opener] = {
     "simulated": _simulated,
-    "terramesh": _reader(TerraMeshReader),
-    "sen1floods11": _reader(Sen1Floods11Reader),
-    "bigearthnet-v1": _reader(BigEarthNetV1Reader),
-    "bigearthnet-v2": _reader(BigEarthNetV2Reader),
-    "generic": _reader(GenericReader),
+    **{name: _reader(cls) for name, cls in _READERS.items()},
     "pairs": lambda data, sensors, skip_bad: PairFolder(data, sensors=sensors, skip_bad=skip_bad),
     "s2-all": lambda data, sensors, skip_bad: PairFolder(data, s2_all=True, sensors=sensors,
                                                          skip_bad=skip_bad),
@@ -287,8 +284,14 @@ LAYOUTS: dict[str, Opener] = {
 """Layout name -> ``opener(data, sensors, skip_bad)`` giving a lazy sample sequence."""
 
 
+def train_split(layout: str) -> str | None:
+    """The name of the training split of ``layout``, or ``None`` for layouts without splits."""
+    cls = _READERS.get(layout)
+    return None if cls is None else cls.train_split
+
+
 def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
-                skip_bad: bool = False) -> Sequence[dict[str, Any]]:
+                skip_bad: bool = False, split: str | Sequence[str] | None = None) -> Sequence[dict[str, Any]]:
     """The samples of dataset ``data`` laid out as ``layout``, as a lazy sequence.
 
     Args:
@@ -299,14 +302,16 @@ def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
             ``None`` loads what the layout has (``pairs``: the row's S2 product and ``s1_grd``).
         skip_bad: readers leave out (and record in ``.skipped``) samples found bad while listing
             them, and skip samples that fail to load when iterated; indexing always raises.
+        split: keep only this split or these splits, in layouts that have splits (``bigearthnet-v2``:
+            ``train``, ``validation``, ``test``; see :func:`train_split`); ``None``: every sample.
 
     Returns:
         A sequence of ``{"id", <sensor>: (C, H, W), "valid.<sensor>": (C, H, W) bool, "label.*",
         "meta"}``; sensors in file units (S2 int16 DN, S1 float32 dB).
 
     Raises:
-        ValueError: an unknown layout (the message lists the known ones), or data that is not in
-            that layout.
+        ValueError: an unknown layout (the message lists the known ones), data that is not in
+            that layout, a split for a layout without splits, or a split the data does not hold.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; known layouts: {sorted(LAYOUTS)}")
@@ -314,4 +319,11 @@ def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
         unknown = [k for k in sensors if k not in list_sensors() and not k.startswith("label.")]
         if unknown:
             raise ValueError(f"unknown sensor key(s) {unknown}; known: {list_sensors()}")
-    return LAYOUTS[layout](Path(data), None if sensors is None else list(sensors), skip_bad)
+    keys = None if sensors is None else list(sensors)
+    if split is None:
+        return LAYOUTS[layout](Path(data), keys, skip_bad)
+    if train_split(layout) is None:
+        with_splits = sorted(name for name in _READERS if train_split(name))
+        raise ValueError(f"layout {layout!r} has no splits (asked for split {split!r}); layouts with "
+                         f"splits: {with_splits}")
+    return _READERS[layout](Path(data), keys, skip_bad=skip_bad, split=split)  # type: ignore[call-arg]

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,10 @@ __all__ = [
     "BandStats",
     "SensorSpec",
     "get_sensor",
+    "layout_sensors",
     "list_sensors",
     "load_stats",
+    "sensors_of_family",
     "write_stats",
 ]
 
@@ -76,6 +78,10 @@ class SensorSpec:
         bands: the channels, in model order.
         display: ``{"bands": [r, g, b], "low": x, "high": y}`` for pictures, in model units.
         stats: per-band standardisation statistics keyed by band name.
+        family: instrument family (``s2``, ``s1``, ``dem``, ...): pairing pairs across families,
+            MixMAE weights the ``s1`` family by lambda.
+        baseline_offset: files of processing baseline >= 04.00 carry +1000 DN (Sentinel-2).
+        layout_names: ``{layout: folder, product or file-name token}`` for reader layouts.
     """
 
     key: str
@@ -89,6 +95,9 @@ class SensorSpec:
     bands: tuple[Band, ...]
     display: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, BandStats] = field(default_factory=dict)
+    family: str = ""
+    baseline_offset: bool = False
+    layout_names: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_channels(self) -> int:
@@ -169,6 +178,9 @@ def _spec_from_dict(key: str, raw: dict[str, Any]) -> SensorSpec:
         gsd_m=float(raw.get("gsd_m", 10)),
         bands=bands,
         display=dict(raw.get("display", {})),
+        family=str(raw.get("family", key)),
+        baseline_offset=bool(raw.get("baseline_offset", False)),
+        layout_names=dict(raw.get("layout_names", {})),
     )
 
 
@@ -185,6 +197,9 @@ def _default_stats_path() -> Path:
 def load_stats(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, BandStats]]:
     """Read a statistics file (``{sensor: {"bands": {band: {"mean", "std", ...}}}}``).
 
+    Files are parsed once and cached by (resolved path, modification time, size), so asking for a
+    sensor spec per sample costs no I/O; a rewritten file is read again.
+
     Args:
         path: file written by ``s12mae stats``; ``None`` reads the shipped defaults.
 
@@ -192,6 +207,16 @@ def load_stats(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str
         ValueError: the file is missing, not JSON, or lacks ``mean``/``std`` entries.
     """
     path = Path(path) if path is not None else _default_stats_path()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: statistics file not found") from None
+    return dict(_load_stats_cached(str(path.resolve()), st.st_mtime_ns, st.st_size, str(path)))
+
+
+@lru_cache(maxsize=64)
+def _load_stats_cached(resolved: str, mtime_ns: int, size: int, shown: str) -> dict[str, dict[str, BandStats]]:
+    path = Path(shown)
     try:
         raw = json.loads(path.read_text())
         return {
@@ -216,6 +241,22 @@ def write_stats(path: str | os.PathLike[str], entries: dict[str, dict[str, Any]]
     merged: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     merged.update(entries)
     atomic_write(path, json.dumps(merged, indent=1))
+
+
+def sensors_of_family(family: str) -> list[str]:
+    """Keys of the built-in sensors of one instrument family (``s2``, ``s1``, ``dem``), in spec order."""
+    return [k for k, spec in _builtin_specs().items() if spec.family == family]
+
+
+def layout_sensors(layout: str) -> dict[str, str]:
+    """``{name: sensor key}`` of the sensors a reader layout stores, in the layout's preferred order.
+
+    ``name`` is the folder, product or file-name token of ``layout_names`` in ``sensors.yaml``.
+    """
+    out = {spec.layout_names[layout]: k for k, spec in _builtin_specs().items() if layout in spec.layout_names}
+    if not out:
+        raise KeyError(f"no sensor names a {layout!r} layout in sensors.yaml")
+    return out
 
 
 def list_sensors() -> list[str]:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-import os
-import shutil
-import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from s12mae.files import atomic_dir
 from s12mae.sensors import get_sensor
 
 __all__ = [
@@ -34,6 +33,7 @@ __all__ = [
     "load_simulated",
     "simulate",
     "simulate_scene",
+    "simulated_samples",
     "write_simulated",
 ]
 
@@ -262,9 +262,7 @@ def write_simulated(out_dir: str | Path, cfg: SimulationConfig, overwrite: bool 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(out_dir, replace=overwrite) as tmp:
         first = simulate_scene(0, cfg)
         files = {
             key: np.lib.format.open_memmap(tmp / f"{key}.npy", "w+", a.dtype, (cfg.num_samples, *a.shape))
@@ -284,21 +282,6 @@ def write_simulated(out_dir: str | Path, cfg: SimulationConfig, overwrite: bool 
             m.flush()
         del files
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if out_dir.exists():
-            if not overwrite:
-                raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
-            old = tmp.with_suffix(".old")  # unique, since the temporary name is
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -345,3 +328,36 @@ def load_simulated(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, A
     if not sizes or None in sizes.values() or len(set(sizes.values())) != 1:
         raise ValueError(f"{path}: arrays disagree on the number of scenes: {sizes}")
     return arrays, meta
+
+
+class _SimulatedSamples(Sequence):
+    """A folder written by :func:`write_simulated` as reader samples (S1 only where available)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.arrays, self.info = load_simulated(path)
+
+    def __len__(self) -> int:
+        return len(self.arrays["s2_l1c"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        a = self.arrays
+        s2 = np.array(a["s2_l1c"][i])
+        sample: dict[str, Any] = {"id": f"sim-{i:06d}", "s2_l1c": s2, "valid.s2_l1c": s2 != 0,
+                                  "meta": {"source": "simulated", "scene": i, "crs": None, "times": {}}}
+        if "s1_grd" in a and bool(a.get("available.s1_grd", np.ones(len(self), np.uint8))[i]):
+            s1 = np.array(a["s1_grd"][i])
+            sample["s1_grd"], sample["valid.s1_grd"] = s1, np.isfinite(s1)
+            sample["meta"]["gap_hours"] = 0.0
+        for key in ("cloud", "water", "landcover_presence", "landcover_hr"):
+            if key in a:
+                sample[f"label.{key}"] = np.array(a[key][i])
+        return sample
+
+
+def simulated_samples(path: str | Path) -> Sequence[dict[str, Any]]:
+    """Reader-format samples (see :mod:`s12mae.readers.base`) of a :func:`write_simulated` folder:
+    what ``s12mae shards --layout simulated`` and ``s12mae stats`` read."""
+    return _SimulatedSamples(path)

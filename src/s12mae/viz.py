@@ -29,8 +29,10 @@ def save_figure(fig: Any, path: Path) -> None:
 
 
 def plot_loss_curve(metrics_path: Path, out: Path) -> None:
-    """Loss against step, one line per task (and per loss term where a task has several)."""
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    """Loss against step, one line per task (and per loss term where a task has several), with
+    the held-out loss (records with ``val_loss``) as markers in the task's colour."""
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = [r for r in lines if "loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     for task in dict.fromkeys(r["task"] for r in records):
         rows = [r for r in records if r["task"] == task]
@@ -44,6 +46,10 @@ def plot_loss_curve(metrics_path: Path, out: Path) -> None:
         if len(terms) > 1:
             for term in terms:
                 ax.plot(steps, [r[term] for r in rows], lw=0.8, ls="--", label=f"{task}: {term[5:]}")
+        val = [r for r in lines if "val_loss" in r and r["task"] == task]
+        if val:
+            ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], marker="o", ms=4, lw=1.2,
+                    color=line.get_color(), label=f"{task}: held-out loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("MSE (standardised units)")
     ax.set_yscale("log")

@@ -33,6 +33,7 @@ from s12mae.evaluation.features import CachedSplit
 from s12mae.evaluation.heads import EvalModel
 from s12mae.evaluation.metrics import MultilabelMeter, SegmentationMeter
 from s12mae.evaluation.tasks import EvalTask
+from s12mae.runtime import no_decay_names, set_lr
 from s12mae.train.optim import lr_at
 
 __all__ = ["FitResult", "Split", "convergence", "fit", "loss_sum", "make_meter", "param_groups", "score"]
@@ -95,18 +96,14 @@ def param_groups(model: EvalModel, weight_decay: float, layer_decay: float = 1.0
     left out.
     """
     depth = len(model.encoder.blocks)
-    skip: set[str] = set()
-    for prefix, module in model.named_modules():
-        hook = getattr(module, "no_weight_decay", None)
-        if callable(hook):
-            skip |= {f"{prefix}.{n}" if prefix else n for n in hook()}
+    skip = no_decay_names(model)
     groups: dict[tuple[bool, int, float], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         layer = _layer_id(name, depth)
         encoder = name.startswith("encoder.")
-        wd = 0.0 if p.ndim < 2 or name in skip else weight_decay
+        wd = 0.0 if name in skip else weight_decay
         scale = encoder_lr_scale * layer_decay ** (depth + 1 - layer) if encoder else 1.0
         group = groups.setdefault((not encoder, layer, wd), {"params": [], "names": [], "weight_decay": wd,
                                                             "layer": layer, "lr_scale": scale})
@@ -298,8 +295,7 @@ def fit(cfg: EvalConfig, task: EvalTask, model: EvalModel, train: Split, val: Sp
         max_norm = fc.optim.clip_grad if fc.optim.clip_grad is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         lr = lr_at(step, fc.steps, fc.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+        set_lr(optimizer, lr)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         out.history.append({"step": step + 1, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)})

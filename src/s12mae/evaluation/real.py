@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from s12mae.evaluation.config import EvalDataConfig
 from s12mae.evaluation.tasks import EvalTask, register_task
+from s12mae.inputs import model_inputs
 from s12mae.sensors import SensorSpec, get_sensor
 
 __all__ = ["ReaderTaskDataset"]
@@ -54,10 +55,10 @@ class ReaderTaskDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         position = self.positions[i]
         sample = self.reader[position]
-        x = self.spec.normalize(self.spec.to_units(torch.from_numpy(np.asarray(sample[self.spec.key]))))
-        valid = torch.from_numpy(np.asarray(sample[f"valid.{self.spec.key}"])) & torch.isfinite(x)
-        return {self.spec.key: torch.where(valid, x, 0.0), "label": self.label_fn(sample),
-                "index": torch.tensor(position, dtype=torch.int64)}
+        key = self.spec.key
+        raw, valid = (torch.from_numpy(np.asarray(sample[k])) for k in (key, f"valid.{key}"))
+        x, _ = model_inputs(self.spec, raw, valid, nodata="mask", where=f"sample {sample.get('id', position)!r}")
+        return {key: x, "label": self.label_fn(sample), "index": torch.tensor(position, dtype=torch.int64)}
 
 
 def _split_lists(root: Path, names: tuple[str, str]) -> tuple[set[str], set[str]] | None:

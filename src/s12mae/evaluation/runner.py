@@ -29,8 +29,9 @@ from s12mae.evaluation.features import PixelEncoder, encode_split, feature_bytes
 from s12mae.evaluation.fitting import FitResult, Split, fit, param_groups, score
 from s12mae.evaluation.heads import EvalModel, InputAdapter, build_head, plan_input
 from s12mae.evaluation.tasks import EvalTask, build_task, describe, with_validation
-from s12mae.files import atomic_write
+from s12mae.files import atomic_write, undo_outputs_on_failure
 from s12mae.models.vit import ENCODERS, ViTEncoder, build_encoder
+from s12mae.runtime import autocast_context, resolve_device
 from s12mae.sensors import SensorSpec, get_sensor
 
 __all__ = ["build_model", "evaluate", "json_safe", "load_eval_encoder", "param_groups", "prepare_splits", "run_evaluation"]
@@ -90,11 +91,6 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _device(cfg: EvalConfig) -> torch.device:
-    want = cfg.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(want)
 
 
 def _with_encoder_stats(cfg: EvalConfig) -> EvalConfig:
@@ -111,12 +107,6 @@ def _with_encoder_stats(cfg: EvalConfig) -> EvalConfig:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_stats(path, stats)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stats=str(path)))
-
-
-def _autocast(cfg: EvalConfig, device: torch.device) -> Any:
-    """bf16 autocast on CUDA under ``precision=auto`` or ``bf16``; nothing otherwise."""
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
 @torch.no_grad()
@@ -184,6 +174,20 @@ def _training_record(cfg: EvalConfig, fitted: FitResult, val_how: str, cached: b
     }
 
 
+def _stats_used(cfg: EvalConfig, task: EvalTask) -> dict[str, dict[str, str]]:
+    """Which statistics standardised the task's input, found by comparing them with the statistics
+    file's (it may cover other sensors only: the rest fall back) and the shipped ones."""
+    from s12mae.sensors import load_stats
+
+    tables = ([(str(cfg.data.stats), load_stats(cfg.data.stats))] if cfg.data.stats else [])
+    for name, table in [*tables, ("shipped defaults", load_stats(None))]:
+        for key in dict.fromkeys([task.sensor, *table]):  # the task's own sensor first
+            if all(table.get(key, {}).get(b) == s for b, s in task.spec.stats.items()):
+                return {task.sensor: {"file": name, "sensor": key}}
+    return {task.sensor: {"file": "the task's own", "sensor": task.sensor}}
+
+
+@undo_outputs_on_failure(lambda cfg, *args, **kwargs: cfg.out_dir)  # a failed evaluation leaves no partial outputs
 def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, Any]:
     """Train a new head (frozen) or head + encoder (finetune), select it on validation, test it.
 
@@ -194,7 +198,8 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
     Returns:
         The content of ``metrics.json``: ``headline`` (``{"name", "value"}``, the selected
         state's test score), ``metrics`` (all test metrics), ``ridge`` (frozen: the closed-form
-        probe, or ``None``), ``warnings`` (e.g. not converged), ``task``, ``encoder`` (input
+        probe, or ``None``), ``warnings`` (e.g. not converged), ``task``, ``stats`` (per input sensor, the ``file`` and
+        ``sensor`` whose statistics standardised it), ``encoder`` (input
         plan, parameter counts), ``train`` (loss curves, validation curve, selected step,
         convergence, seconds) and the resolved ``config``.
     """
@@ -207,8 +212,8 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
     if task.name != cfg.task:
         raise ValueError(f"config names task {cfg.task!r} but the given task is {task.name!r}")
     task, val_how = with_validation(task, cfg.data.val_fraction)
-    device = _device(cfg)
-    autocast = _autocast(cfg, device)
+    device = resolve_device(cfg.device)
+    autocast = autocast_context(device, cfg.precision)
     model = build_model(cfg, task).to(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +226,10 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
         from s12mae.evaluation.probes import ridge_probe
 
         ridge = ridge_probe(task, model, splits["train"].cached, splits["val"].cached, splits["test"].cached)
+    if cfg.checkpoint != "pixels":  # the trained head, for `s12mae predict` (a pixels baseline has no encoder)
+        from s12mae.evaluation.saved_model import save_eval_model
+
+        save_eval_model(out, model, cfg, task)
 
     plan = model.adapter.plan
     count = lambda m: sum(p.numel() for p in m.parameters())
@@ -234,6 +243,7 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
         "task": describe(task),
         "scenario": cfg.scenario,
         "checkpoint": cfg.checkpoint,
+        "stats": _stats_used(cfg, task),
         "encoder": {"sensor": plan.encoder_sensor, "filled_bands": list(plan.filled), "input_size": list(plan.size),
                     "task_size": list(plan.task_size), "patch_size": model.encoder.patch_size,
                     "params": count(model.encoder), "head_params": count(model.head),

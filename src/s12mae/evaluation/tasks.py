@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from s12mae.evaluation.config import EvalDataConfig
+from s12mae.inputs import model_inputs
 from s12mae.sensors import SensorSpec, get_sensor
 from s12mae.simulate import LAND_COVER_CLASSES, SimulationConfig, load_simulated, simulate
 
@@ -200,8 +201,8 @@ class SimulatedTaskDataset(Dataset):
         except KeyError as err:
             raise ValueError(f"{self.source}: sample {i} has no label array {err}; "
                              f"it holds {sorted(self.arrays)}") from None
-        return {self.spec.key: self.spec.normalize(self.spec.to_units(dn)), "label": label,
-                "index": torch.tensor(i, dtype=torch.int64)}
+        x, _ = model_inputs(self.spec, dn, nodata="mask", where=f"{self.source}: sample {i}")
+        return {self.spec.key: x, "label": label, "index": torch.tensor(i, dtype=torch.int64)}
 
 
 _SIM_INPUT = "s2_l1c"

@@ -1,4 +1,9 @@
-"""Pretraining methods and their registry (``PretrainConfig.method`` -> builder)."""
+"""Pretraining methods and their registry (``PretrainConfig.method`` -> builder).
+
+A method is registered by one entry in :data:`METHODS`; the command line's ``--method`` choices
+are the registry's names. A builder reads the shared ``model`` fields and its own section
+(``model.aux``, ``model.mix``) and calls the method's constructor by keyword.
+"""
 
 from __future__ import annotations
 
@@ -18,33 +23,36 @@ __all__ = ["METHODS", "MAE", "AuxMAE", "MixMAE", "Batch", "PretrainMethod", "bui
 
 
 def _build_mae(cfg: PretrainConfig) -> MAE:
-    spec = get_sensor(cfg.model.sensor, cfg.data.stats)
-    encoder = build_encoder(
-        cfg.model.encoder, {spec.key: spec.num_channels}, cfg.model.img_size, drop_path_rate=cfg.model.drop_path
-    )
-    return MAE(encoder, spec.key, cfg.model.decoder, cfg.model.mask_ratio, cfg.model.norm_pix_loss, cfg.train.seed)
+    m = cfg.model
+    spec = get_sensor(m.sensor, cfg.data.stats)
+    encoder = build_encoder(m.encoder, {spec.key: spec.num_channels}, m.img_size, drop_path_rate=m.drop_path)
+    return MAE(encoder, spec.key, m.decoder, mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss,
+               seed=cfg.train.seed)
 
 
-def _build_auxmae(cfg: PretrainConfig) -> nn.Module:
-    aux = get_sensor(cfg.model.aux_sensor, cfg.data.stats)
-    return AuxMAE(_build_mae(cfg), cfg.model.decoder, aux.key, aux.num_channels, cfg.model.aux_target_scale)
+def _build_auxmae(cfg: PretrainConfig) -> AuxMAE:
+    aux = cfg.model.aux
+    spec = get_sensor(aux.sensor, cfg.data.stats)
+    return AuxMAE(_build_mae(cfg), cfg.model.decoder, aux_sensor=spec.key, aux_channels=spec.num_channels,
+                  target_scale=aux.target_scale)
 
 
 def _build_mixmae(cfg: PretrainConfig) -> MixMAE:
-    m = cfg.model
-    specs = [get_sensor(key, cfg.data.stats) for key in m.mix_sensors]
+    m, mix = cfg.model, cfg.model.mix
+    specs = [get_sensor(key, cfg.data.stats) for key in mix.sensors]
     channels = {s.key: s.num_channels for s in specs}
     encoder = build_encoder(m.encoder, channels, m.img_size, drop_path_rate=m.drop_path)
-    weights = m.mix_loss_weights
-    if weights is None and len(specs) == 2:
-        weights = [1.0 - m.mix_lambda, m.mix_lambda]  # equation 1: lambda weighs the second (S1)
-    return MixMAE(encoder, list(channels), m.decoder, m.mix_proportions, weights, m.mix_drop_ratio,
-                  m.mix_sensor_embedding, m.norm_pix_loss, cfg.train.seed)
+    return MixMAE(encoder, list(channels), m.decoder, proportions=mix.proportions, loss_weights=mix.loss_weights(),
+                  drop_ratio=mix.drop_ratio, sensor_embedding=mix.sensor_embedding,
+                  norm_pix_loss=m.norm_pix_loss, seed=cfg.train.seed)
 
 
 METHODS: dict[str, Callable[[PretrainConfig], nn.Module]] = {
-    "mae": _build_mae, "auxmae": _build_auxmae, "mixmae": _build_mixmae,
+    "mae": _build_mae,
+    "auxmae": _build_auxmae,
+    "mixmae": _build_mixmae,
 }
+"""Method name -> builder of the freshly initialised method from the run config."""
 
 
 def build_method(cfg: PretrainConfig) -> nn.Module:

@@ -8,6 +8,9 @@ schedule picks one task per optimizer step):
    predicts the co-located S1 image; the loss is the MSE over the whole S1 image (every patch,
    valid values only).
 
+With ``norm_pix_loss`` the S1 target patches are standardised per patch too, as every
+reconstruction target is (the rule of ``model.norm_pix_loss``, shared with MixMAE).
+
 The target may have a finer grid than the input: with ``target_scale = s`` the S1 image is
 ``s`` times the S2 image's side, and each token predicts one ``(p*s) x (p*s)`` S1 patch, so the
 token grid of input and target is the same. The encoder has a patch embedding for S2 only; S1
@@ -24,7 +27,7 @@ from torch import nn
 from s12mae.methods.base import Batch, check_sensor_input, masked_sq_error
 from s12mae.methods.mae import MAE, patch_targets
 from s12mae.models.decoder import ViTDecoder, build_decoder
-from s12mae.models.patches import unpatchify
+from s12mae.models.patches import patchify, unpatchify
 from s12mae.models.vit import ViTEncoder
 
 __all__ = ["AuxMAE"]
@@ -47,6 +50,7 @@ class AuxMAE(nn.Module):
         self,
         mae: MAE,
         decoder: str = "vitlite_512d6b",
+        *,
         aux_sensor: str = "s1_grd",
         aux_channels: int = 2,
         target_scale: int = 1,
@@ -122,7 +126,7 @@ class AuxMAE(nn.Module):
             pred: ``(N, L, (p*s)*(p*s)*C_aux)``.
             valid: ``(N, C_aux, H*s, W*s)`` bool or ``None`` (all valid).
         """
-        target, ok = patch_targets(target, valid, self.aux_patch_size, norm_pix=False)
+        target, ok = patch_targets(target, valid, self.aux_patch_size, norm_pix=self.mae.norm_pix_loss)
         return masked_sq_error(pred, target, ok)
 
     def denominators(self, batch: Batch, task: str, step: int) -> dict[str, torch.Tensor]:
@@ -152,6 +156,9 @@ class AuxMAE(nn.Module):
             return self.mae.visualize(batch, task, step)
         imgs, target, valid, grid = self._aux_inputs(batch)
         pred = self.forward_decoder(self.forward_encoder(imgs), grid).float()
+        if self.mae.norm_pix_loss:  # undo the per-patch normalisation for display
+            patches = patchify(torch.nan_to_num(target.float()), self.aux_patch_size)
+            pred = pred * (patches.var(-1, keepdim=True) + 1e-6) ** 0.5 + patches.mean(-1, keepdim=True)
         pred_img = unpatchify(pred, self.aux_patch_size, grid, self.aux_channels)
         truth = target.float() if valid is None else torch.where(valid, target.float(), torch.nan)
         return {

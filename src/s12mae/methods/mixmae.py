@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from s12mae.methods.base import Batch, check_sensor_input, masked_sq_error
-from s12mae.methods.mae import patch_targets
-from s12mae.models.decoder import ViTDecoder, build_decoder
+from s12mae.methods.base import Batch, check_sensor_input
+from s12mae.methods.mae import sq_error_sum, targets_at
+from s12mae.models.decoder import build_decoder
 from s12mae.models.patches import patchify, unpatchify
 from s12mae.models.vit import ViTEncoder
 from s12mae.rng import keyed_uniform
@@ -96,13 +96,15 @@ class MixMAE(nn.Module):
         decoder: decoder variant of every per-sensor decoder (see ``DECODERS``).
         proportions: relative share of the (kept) positions per sensor; ``None`` = equal (the
             paper's ``k = L/2`` for two sensors).
-        loss_weights: weight of each sensor's loss; ``None`` = equal. Equation 1 is
-            ``[1 - lambda, lambda]`` for ``[S2, S1]``.
+        loss_weights: weight of each sensor's loss, in the order of ``sensors``; ``None`` = equal.
+            Equation 1 gives lambda to the S1 sensor wherever it is listed
+            (:meth:`s12mae.config.MixConfig.loss_weights` computes them by sensor role).
         drop_ratio: fraction of positions removed before the encoder (ours; 0 = the paper).
         sensor_embedding: add a learned per-sensor vector to that sensor's tokens (ours; off).
             The paper does not say whether its tokens carry one. Downstream, the vector is part
             of the encoder only after :meth:`fold_sensor_embedding`.
-        norm_pix_loss: per-patch normalised targets (MAE option).
+        norm_pix_loss: per-patch normalised targets of every sensor, S1 included (the one rule
+            of ``model.norm_pix_loss``, shared with AuxMAE's S1 target).
         seed: seed of the keyed mixes.
     """
 
@@ -113,6 +115,7 @@ class MixMAE(nn.Module):
         encoder: ViTEncoder,
         sensors: Sequence[str] = ("s2_l1c", "s1_grd"),
         decoder: str = "vitlite_512d6b",
+        *,
         proportions: Sequence[float] | None = None,
         loss_weights: Sequence[float] | None = None,
         drop_ratio: float = 0.0,
@@ -176,9 +179,20 @@ class MixMAE(nn.Module):
         self, step: int, index: torch.Tensor, length: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``source (N, L)``, ``ids_keep (N, L_keep)``, ``ids_restore (N, L)`` (see :func:`random_mixing`)."""
-        n_drop = int(length * self.drop_ratio + 1e-9)  # guard 0.1 * 10 = 0.999...
-        counts = split_counts(length - n_drop, self.proportions)
+        counts, n_drop = self._split(length)
         return random_mixing(self.seed, step, index, length, counts, n_drop)
+
+    def _split(self, length: int) -> tuple[list[int], int]:
+        """Positions per sensor and dropped positions, out of ``length``."""
+        n_drop = int(length * self.drop_ratio + 1e-9)  # guard 0.1 * 10 = 0.999...
+        return split_counts(length - n_drop, self.proportions), n_drop
+
+    @staticmethod
+    def _positions(source: torch.Tensor, sensor_id: int, count: int, shown: bool) -> torch.Tensor:
+        """``(N, count)`` grid positions (in grid order) that sensor ``sensor_id`` shows
+        (``shown``) or does not show, from ``source (N, L)``; ``count`` is the same every row."""
+        others = (source != sensor_id) if shown else (source == sensor_id)
+        return torch.argsort(others.to(torch.int8), dim=1, stable=True)[:, :count]
 
     def forward_encoder(
         self, imgs: dict[str, torch.Tensor], step: int, index: torch.Tensor
@@ -193,21 +207,33 @@ class MixMAE(nn.Module):
         Returns:
             latent ``(N, 1 + L_keep, D)``, source ``(N, L)`` (-1 = dropped), ids_restore ``(N, L)``.
         """
-        tokens = {s: self.encoder.embed(imgs[s], s) for s in self.sensors}  # each (N, L, D)
-        first = tokens[self.sensors[0]]
-        source, ids_keep, ids_restore = self.mixing(step, index, first.shape[1])
-        mixed = torch.zeros_like(first)
+        gh, gw = self.encoder.patch_grid(*imgs[self.sensors[0]].shape[-2:])
+        source, ids_keep, ids_restore = self.mixing(step, index, gh * gw)
+        counts, n_drop = self._split(gh * gw)
+        shown = []  # per sensor: its positions (N, k_s) and their tokens (N, k_s, D)
         for i, s in enumerate(self.sensors):
-            tok = tokens[s] if self.sensor_embed is None else tokens[s] + self.sensor_embed[s]
-            mixed = torch.where((source == i).unsqueeze(-1), tok, mixed)
-        kept = torch.gather(mixed, 1, ids_keep.unsqueeze(-1).expand(-1, -1, mixed.shape[-1]))
+            ids = self._positions(source, i, counts[i], shown=True)
+            tok = self.encoder.embed(imgs[s], s, ids)  # only the patches this sensor shows
+            shown.append((ids, tok if self.sensor_embed is None else tok + self.sensor_embed[s]))
+        first = shown[0][1]
+        mixed = first.new_zeros(first.shape[0], gh * gw, first.shape[-1])  # dropped positions stay 0
+        for ids, tok in shown:
+            mixed = mixed.scatter(1, ids.unsqueeze(-1).expand(-1, -1, tok.shape[-1]), tok.to(mixed.dtype))
+        kept = torch.gather(mixed, 1, ids_keep.unsqueeze(-1).expand(-1, -1, mixed.shape[-1])) if n_drop else mixed
         return self.encoder.forward_tokens(kept), source, ids_restore
 
     def forward_decoder(
-        self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]
+        self,
+        latent: torch.Tensor,
+        ids_restore: torch.Tensor,
+        grid: tuple[int, int],
+        ids_pred: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Every sensor's patches: latent ``(N, 1 + L_keep, D)`` -> sensor -> ``(N, L, p*p*C_s)``."""
-        return {s: self.decoders[s](latent, grid, ids_restore) for s in self.sensors}
+        """Every sensor's patches: latent ``(N, 1 + L_keep, D)`` -> sensor -> ``(N, L, p*p*C_s)``,
+        or ``(N, M_s, p*p*C_s)`` at grid positions ``ids_pred[sensor]`` (training predicts only
+        the patches each loss counts)."""
+        ids_pred = ids_pred or {}
+        return {s: self.decoders[s](latent, grid, ids_restore, ids_pred.get(s)) for s in self.sensors}
 
     def forward_loss(
         self,
@@ -215,20 +241,25 @@ class MixMAE(nn.Module):
         preds: dict[str, torch.Tensor],
         source: torch.Tensor,
         valid: dict[str, torch.Tensor | None],
+        ids: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per sensor, squared error summed over the valid values of the patches it did not
         contribute (including dropped ones), and their count.
 
         Args:
             imgs: sensor -> ``(N, C_s, H, W)`` targets.
-            preds: sensor -> ``(N, L, p*p*C_s)``.
+            preds: sensor -> ``(N, L, p*p*C_s)``, or ``(N, M_s, p*p*C_s)`` at ``ids[sensor]``.
             source: ``(N, L)`` contributing sensor id per position, -1 = dropped.
             valid: sensor -> ``(N, C_s, H, W)`` bool or ``None`` (all valid).
+            ids: sensor -> ``(N, M_s)`` grid positions of that sensor's prediction rows, all
+                ones it did not contribute; ``None`` (or a missing sensor) = all ``L`` rows, of
+                which ``source`` picks the counted ones.
         """
-        out = {}
+        out, p = {}, self.encoder.patch_size
         for i, s in enumerate(self.sensors):
-            target, ok = patch_targets(imgs[s], valid[s], self.encoder.patch_size, self.norm_pix_loss)
-            out[s] = masked_sq_error(preds[s], target, ok * (source != i).unsqueeze(-1))
+            rows = (ids or {}).get(s)
+            target, ok = targets_at(imgs[s], valid[s], p, self.norm_pix_loss, rows)
+            out[s] = sq_error_sum(preds[s], target, ok, source != i if rows is None else None)
         return out
 
     def _inputs(
@@ -258,8 +289,13 @@ class MixMAE(nn.Module):
     def forward(self, batch: Batch, task: str = "mix", step: int = 0) -> dict[str, torch.Tensor]:
         imgs, valid, grid = self._inputs(batch)
         latent, source, ids_restore = self.forward_encoder(imgs, step, batch["index"])
-        preds = self.forward_decoder(latent, ids_restore, grid)
-        return {s: num for s, (num, _) in self.forward_loss(imgs, preds, source, valid).items()}
+        counts, _ = self._split(source.shape[1])
+        unseen = {
+            s: self._positions(source, i, source.shape[1] - counts[i], shown=False)
+            for i, s in enumerate(self.sensors)
+        }
+        preds = self.forward_decoder(latent, ids_restore, grid, unseen)
+        return {s: num for s, (num, _) in self.forward_loss(imgs, preds, source, valid, unseen).items()}
 
     @torch.no_grad()
     def visualize(self, batch: Batch, task: str, step: int) -> dict[str, Any]:

@@ -86,18 +86,25 @@ class ViTDecoder(nn.Module):
         return {"mask_token"}
 
     def forward(
-        self, tokens: torch.Tensor, grid: tuple[int, int], ids_restore: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        grid: tuple[int, int],
+        ids_restore: torch.Tensor | None = None,
+        ids_pred: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict every patch of the grid.
+        """Predict the patches of the grid.
 
         Args:
             tokens: encoder output ``(N, 1 + L_vis, D_enc)`` (class token first).
             grid: token grid ``(gh, gw)`` of the full image, ``L = gh * gw``.
             ids_restore: ``(N, L)`` indices that unshuffle ``[visible, masked]`` back to grid
                 order (MAE); ``None`` when ``tokens`` already hold all ``L`` patch tokens.
+            ids_pred: ``(N, M)`` grid positions to predict (e.g. only the ones a loss counts);
+                ``None`` = all ``L``. The blocks run on every token either way; the final norm
+                and projection run on the chosen rows only.
 
         Returns:
-            ``(N, L, out_dim)`` predictions in grid order.
+            ``(N, L, out_dim)`` predictions in grid order, or ``(N, M, out_dim)`` at ``ids_pred``.
         """
         x = self.embed(tokens)
         if ids_restore is not None:
@@ -112,7 +119,10 @@ class ViTDecoder(nn.Module):
         x = x + pos
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))[:, 1:]
+        x = x[:, 1:]
+        if ids_pred is not None:
+            x = torch.gather(x, 1, ids_pred.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return self.pred(self.norm(x))
 
 
 def build_decoder(name: str, in_dim: int, grid: tuple[int, int], out_dim: int) -> ViTDecoder:

@@ -5,27 +5,51 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["patchify", "unpatchify", "sincos_pos_embed"]
+__all__ = ["patch_grid_view", "patchify", "select_patches", "sincos_pos_embed", "unpatchify"]
 
 
-def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Cut images into flattened patches.
+def patch_grid_view(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The image as a grid of patches, without copying.
 
     Args:
         imgs: ``(N, C, H, W)`` with ``H`` and ``W`` divisible by ``patch_size``.
         patch_size: side ``p`` of a square patch.
 
     Returns:
-        ``(N, L, p*p*C)`` with ``L = (H/p) * (W/p)`` in row-major grid order and each patch
-        flattened as ``(p, p, C)`` (the MAE layout).
+        ``(N, H/p, W/p, C, p, p)`` view of ``imgs``.
     """
     n, c, h, w = imgs.shape
     p = patch_size
     if h % p or w % p:
         raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}")
-    x = imgs.reshape(n, c, h // p, p, w // p, p)
-    x = torch.einsum("nchpwq->nhwpqc", x)
-    return x.reshape(n, (h // p) * (w // p), p * p * c)
+    return imgs.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+
+
+def select_patches(grid_view: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Patches at chosen grid positions: ``(N, gh, gw, ...)`` and ``ids (N, M)`` (row-major
+    position ``row * gw + col``) -> ``(N, M, ...)``. Copies only the chosen patches."""
+    n, _, gw = grid_view.shape[:3]
+    rows = torch.arange(n, device=ids.device).unsqueeze(1)
+    return grid_view[rows, torch.div(ids, gw, rounding_mode="floor"), ids % gw]
+
+
+def patchify(imgs: torch.Tensor, patch_size: int, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Cut images into flattened patches.
+
+    Args:
+        imgs: ``(N, C, H, W)`` with ``H`` and ``W`` divisible by ``patch_size``.
+        patch_size: side ``p`` of a square patch.
+        ids: ``(N, M)`` grid positions to cut (row-major); ``None`` = all ``L`` in grid order.
+
+    Returns:
+        ``(N, L, p*p*C)`` (or ``(N, M, p*p*C)``) with ``L = (H/p) * (W/p)`` in row-major grid
+        order and each patch flattened as ``(p, p, C)`` (the MAE layout).
+    """
+    n = imgs.shape[0]
+    x = patch_grid_view(imgs, patch_size).permute(0, 1, 2, 4, 5, 3)  # (N, gh, gw, p, p, C)
+    if ids is not None:
+        return select_patches(x, ids).reshape(n, ids.shape[1], -1)
+    return x.reshape(n, x.shape[1] * x.shape[2], -1)
 
 
 def unpatchify(x: torch.Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> torch.Tensor:

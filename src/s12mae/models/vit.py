@@ -18,8 +18,10 @@ import torch
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
-from s12mae.models.patches import sincos_pos_embed
+from s12mae.models.patches import patch_grid_view, select_patches, sincos_pos_embed
 
 __all__ = ["ENCODERS", "EncoderArch", "ViTEncoder", "build_encoder", "init_weights"]
 
@@ -75,6 +77,9 @@ class ViTEncoder(nn.Module):
         mlp_ratio: MLP hidden width / token width.
         drop_path_rate: stochastic-depth rate of the last block (linear in depth).
         block_fn: transformer block class (timm ``Block`` signature).
+        grad_checkpointing: recompute each block's activations in the backward pass instead of
+            keeping them (less memory, about one more forward of the blocks); also settable
+            later with :meth:`set_grad_checkpointing` (timm's API).
     """
 
     def __init__(
@@ -88,8 +93,10 @@ class ViTEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         block_fn: Callable[..., nn.Module] = Block,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing
         if not in_chans:
             raise ValueError("the encoder needs at least one sensor")
         if img_size % patch_size:
@@ -130,6 +137,15 @@ class ViTEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (timm's method name)."""
+        self.grad_checkpointing = enable
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
     def patch_grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid of an image; sizes not divisible by the patch are an error."""
         p = self.patch_size
@@ -146,8 +162,14 @@ class ViTEncoder(nn.Module):
             return self.pos_embed
         return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=1)
 
-    def embed(self, x: torch.Tensor, sensor: str | None = None) -> torch.Tensor:
-        """Patch tokens with positions: ``(N, C, H, W) -> (N, L, D)``."""
+    def embed(self, x: torch.Tensor, sensor: str | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens with positions: ``(N, C, H, W) -> (N, L, D)``.
+
+        With ``ids (N, M)`` (row-major grid positions) only those patches are embedded, giving
+        ``(N, M, D)``: ``embed(x)`` gathered at ``ids`` up to float rounding (the patch
+        convolution runs as the equivalent matrix product, several times faster on CPU for
+        a few hundred patches). MAE and MixMAE never pay for the patches the encoder does not see.
+        """
         sensor = sensor or self.sensors[0]
         if sensor not in self.patch_embed:
             raise KeyError(f"this encoder has no patch embedding for sensor {sensor!r}; it has {self.sensors}")
@@ -157,14 +179,22 @@ class ViTEncoder(nn.Module):
                 f"sensor {sensor!r} expects input (N, {expected}, H, W), got {tuple(x.shape)}"
             )
         grid = self.patch_grid(x.shape[-2], x.shape[-1])
-        return self.patch_embed[sensor](x) + self.pos_embed_for(grid)[:, 1:]
+        pos = self.pos_embed_for(grid)[:, 1:]
+        patch_embed = self.patch_embed[sensor]
+        if ids is None:
+            return patch_embed(x) + pos
+        # A p x p convolution with stride p is a linear map of each flattened (C, p, p) patch.
+        patches = select_patches(patch_grid_view(x, self.patch_size), ids)  # (N, M, C, p, p)
+        proj = patch_embed.proj
+        tokens = F.linear(patches.flatten(2), proj.weight.flatten(1), proj.bias)
+        return patch_embed.norm(tokens) + pos[0][ids]
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Class token + blocks + norm: ``(N, L', D) -> (N, 1 + L', D)``."""
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1)
         for block in self.blocks:
-            x = block(x)
+            x = self._block(block, x)
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor, sensor: str | None = None) -> torch.Tensor:
@@ -203,7 +233,7 @@ class ViTEncoder(nn.Module):
         h = torch.cat([cls, tokens], dim=1)
         out = []
         for i, block in enumerate(self.blocks[: wanted[-1] + 1]):
-            h = block(h)
+            h = self._block(block, h)
             if i in wanted:
                 feats = self.norm(h) if norm else h
                 out.append(feats[:, 1:].transpose(1, 2).reshape(h.shape[0], -1, gh, gw))

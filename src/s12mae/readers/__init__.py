@@ -10,10 +10,12 @@ from s12mae.readers.base import (
     Grid,
     Item,
     LabelLayer,
+    OffsetSuspectedWarning,
     RasterReader,
     SensorLayer,
     baseline_offset,
     canonical_band,
+    offset_evidence,
     parse_time,
 )
 from s12mae.readers.bigearthnet import (
@@ -37,6 +39,7 @@ __all__ = [
     "Grid",
     "Item",
     "LabelLayer",
+    "OffsetSuspectedWarning",
     "RasterReader",
     "SSL4EOReader",
     "Sen1Floods11Reader",
@@ -46,5 +49,6 @@ __all__ = [
     "bigearthnet_labels",
     "canonical_band",
     "multi_hot19",
+    "offset_evidence",
     "parse_time",
 ]

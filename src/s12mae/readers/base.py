@@ -19,11 +19,12 @@ import json
 import logging
 import math
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import rasterio
@@ -34,19 +35,24 @@ from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from rasterio.warp import reproject, transform_bounds
 
+from s12mae.paths import absolute
 from s12mae.sensors import SensorSpec, get_sensor, list_sensors
+from s12mae.times import iso_utc, parse_time
 
 __all__ = [
     "BASELINE_04_DATE",
+    "OFFSET_FLOOR_DN",
     "BandRef",
     "Grid",
     "Item",
     "LabelLayer",
+    "OffsetSuspectedWarning",
     "RasterReader",
     "SensorLayer",
     "baseline_offset",
     "canonical_band",
     "iso_utc",
+    "offset_evidence",
     "parse_time",
     "read_json",
 ]
@@ -56,15 +62,59 @@ log = logging.getLogger(__name__)
 BASELINE_04_DATE = datetime(2022, 1, 25, tzinfo=UTC)
 """First day of Sentinel-2 processing baseline 04.00, which adds +1000 DN to L1C and L2A."""
 BASELINE_OFFSET_DN = 1000
-# Sensors whose files carry the baseline-04.00 offset (the S2 products).
-OFFSET_SENSORS = frozenset({"s2_l1c", "s2_l2a"})
+OFFSET_FLOOR_DN = 950.0
+"""(ours) A Sentinel-2 layer whose darkest band has its 1st percentile at or above this many DN is
+suspected of carrying the +1000 DN offset: reflectance x 10000 + 1000 can only go below 1000 for
+negative reflectance, while without the offset the darkest band (B10 cirrus for L1C, about 10-60
+DN on the shared TerraMesh scenes; blue, SWIR or water for L2A) sits far lower."""
+OFFSET_FLOOR_PERCENTILE = 1.0  # (ours) a low percentile, not the minimum: robust to a few dark pixels
+_OFFSET_CHECK_PIXELS = 1 << 20  # (ours) a larger layer is checked on a regular subsample of about this size
 _OFFSET_KEYS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
 _BASELINE_KEYS = ("PROCESSING_BASELINE", "S2:PROCESSING_BASELINE")
 _PRODUCT_KEYS = ("PRODUCT_ID", "TILE_SOURCE", "S2:PRODUCT_URI")
 _TIME_KEYS = ("DATETIME", "ACQUISITION_TIME", "ACQUISITION_DATE", "SENSING_TIME", "SYSTEM:TIME_START")
 _BAND_RE = re.compile(r"^B0?(\d{1,2})(A?)$", re.IGNORECASE)
-_TIME_RE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})(?:[T ](\d{2}):?(\d{2}):?(\d{2}))?")
 _INT16_MAX = np.iinfo(np.int16).max
+S2Offset = int | Literal["auto"] | None
+"""A reader's ``s2_offset`` option (see :class:`RasterReader`)."""
+
+
+def time_from_tags(tags: Mapping[str, Any]) -> datetime | None:
+    """The acquisition time named by the first time-like tag (``DATETIME``, ``SENSING_TIME``, ...)."""
+    return next((t for k, v in tags.items() if str(k).upper() in _TIME_KEYS and (t := parse_time(v))), None)
+
+
+class OffsetSuspectedWarning(UserWarning):
+    """A Sentinel-2 layer looks offset by +1000 DN although no metadata or date says so."""
+
+
+def offset_evidence(dn: np.ndarray, bands: Sequence[str]) -> dict[str, Any]:
+    """The data's case for the baseline-04.00 offset: the floor of the darkest band.
+
+    Args:
+        dn: ``(C, H, W)`` S2 DN as stored (no offset removed), NaN where not valid.
+        bands: the ``C`` band names.
+
+    Returns:
+        ``{"suspected", "floor_dn", "band", "percentile", "threshold_dn"}``: ``floor_dn`` is the
+        smallest per-band ``percentile`` over valid pixels (``None`` without valid pixels), and
+        ``suspected`` says whether it reaches :data:`OFFSET_FLOOR_DN`.
+    """
+    step = max(1, math.ceil(math.sqrt(dn.shape[-1] * dn.shape[-2] / _OFFSET_CHECK_PIXELS)))
+    floors = {
+        name: float(np.percentile(v, OFFSET_FLOOR_PERCENTILE))
+        for name, band in zip(bands, dn[:, ::step, ::step], strict=True)
+        if (v := band[np.isfinite(band)]).size
+    }
+    band = min(floors, key=floors.__getitem__) if floors else None
+    floor = None if band is None else round(floors[band], 1)
+    return {
+        "suspected": floor is not None and floor >= OFFSET_FLOOR_DN,
+        "floor_dn": floor,
+        "band": band,
+        "percentile": OFFSET_FLOOR_PERCENTILE,
+        "threshold_dn": OFFSET_FLOOR_DN,
+    }
 
 
 def canonical_band(name: str) -> str:
@@ -75,33 +125,6 @@ def canonical_band(name: str) -> str:
         return name.upper()
     number, suffix = int(m.group(1)), m.group(2).upper()
     return f"B{number}A" if suffix else f"B{number:02d}"
-
-
-def parse_time(value: Any) -> datetime | None:
-    """A timestamp (UTC) from metadata or a file/folder name; ``None`` if there is none.
-
-    Accepts datetimes, epoch milliseconds (Earth Engine ``system:time_start``), ISO strings (with
-    any fraction, e.g. ``2021-07-23T13:22:41.000000000``) and compact names (``..._20200607T010800_...``).
-    Naive times are taken as UTC. The first valid date in a string wins.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(value) / (1000.0 if abs(value) > 1e11 else 1.0), tz=UTC)
-    for m in _TIME_RE.finditer(str(value)):
-        parts = [int(g) for g in m.groups() if g is not None]
-        try:
-            return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
-        except ValueError:
-            continue
-    return None
-
-
-def iso_utc(t: datetime | None) -> str | None:
-    """``2020-06-04T05:46:39Z`` (seconds precision) or ``None``."""
-    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def baseline_offset(metadata: Mapping[str, Any], band: str, time: datetime | None) -> tuple[int, str]:
@@ -303,10 +326,14 @@ def _warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Pat
     """Float band ``x`` (NaN = nodata) on ``src`` to ``dst``; pixels outside ``src`` become NaN."""
     if src.same_as(dst):
         return x
+    if src.crs is None and dst.crs is None:
+        return _resample_local(x, src, dst, resampling)
     if src.crs is None or dst.crs is None:
+        which = path if src.crs is None else "the sample grid"
         raise ValueError(
-            f"{path}: has no CRS, so it cannot be warped onto the sample grid "
-            f"({dst.crs}, {dst.width}x{dst.height})"
+            f"{path}: {which} has no CRS, so it cannot be warped onto the sample grid "
+            f"({dst.crs}, {dst.width}x{dst.height}); either every file of a sample is "
+            "georeferenced or none is"
         )
     left, bottom, right, top = transform_bounds(src.crs, dst.crs, *src.bounds, densify_pts=21)
     d_left, d_bottom, d_right, d_top = dst.bounds
@@ -324,6 +351,29 @@ def _warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Pat
         src_nodata=np.nan,
         dst_transform=dst.transform,
         dst_crs=dst.crs,
+        dst_nodata=np.nan,
+        resampling=resampling,
+    )
+    return out
+
+
+_LOCAL_CRS = CRS.from_epsg(3857)
+"""Stand-in CRS for grids in a layout's local frame (no CRS): the same on both sides of a warp, so
+the warp is a pure resampling between the two pixel grids (the CRS itself never matters)."""
+
+
+def _resample_local(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling) -> np.ndarray:
+    """Float band ``x`` on ``src`` to ``dst``, both in one local frame (no CRS, see
+    :meth:`RasterReader.file_grid`); pixels outside ``src`` become NaN."""
+    out = np.full((dst.height, dst.width), np.nan, dtype=np.float32)
+    reproject(
+        x,
+        out,
+        src_transform=src.transform,
+        src_crs=_LOCAL_CRS,
+        src_nodata=np.nan,
+        dst_transform=dst.transform,
+        dst_crs=_LOCAL_CRS,
         dst_nodata=np.nan,
         resampling=resampling,
     )
@@ -358,7 +408,10 @@ class RasterReader:
             ``(id, reason)`` instead of raising. Indexing a bad sample always raises.
         s2_offset: DN to subtract from every S2 band regardless of metadata (e.g. 1000 for a
             collection known to be offset, 0 to keep file values); ``None`` decides per band by
-            :func:`baseline_offset`.
+            :func:`baseline_offset`, and where nothing decides (no offset tag, baseline or time)
+            checks the data (:func:`offset_evidence`): a layer that looks offset is kept as it is,
+            with an :class:`OffsetSuspectedWarning` and the evidence in ``meta["offset_suspected"]``;
+            ``"auto"`` does the same but removes 1000 DN from such a layer (rule ``"suspected"``).
 
     Attributes:
         skipped: ``(id, reason)`` of the samples skipped during discovery or the last iteration.
@@ -366,10 +419,14 @@ class RasterReader:
 
     source: ClassVar[str] = "raster"
     gsd_m: ClassVar[float] = 10.0
+    train_split: ClassVar[str | None] = None
+    """The training split's name in layouts that have splits (their constructor takes ``split``)."""
 
     def __init__(
-        self, *, sensors: Sequence[str] | None = None, skip_bad: bool = False, s2_offset: int | None = None
+        self, *, sensors: Sequence[str] | None = None, skip_bad: bool = False, s2_offset: S2Offset = None
     ) -> None:
+        if isinstance(s2_offset, str) and s2_offset != "auto":
+            raise ValueError(f"{self.source}: s2_offset must be a number of DN, None or 'auto', not {s2_offset!r}")
         known = set(list_sensors())
         if sensors is not None:
             unknown = [k for k in sensors if k not in known and not k.startswith("label.")]
@@ -445,14 +502,16 @@ class RasterReader:
         Returns:
             ``{"id", <sensor>: (C, H, W), "valid.<sensor>": (C, H, W) bool, label keys, "meta"}``
             where ``meta`` holds ``source``, ``crs``, ``transform`` (6 floats), ``bounds``,
-            ``footprint_wgs84``, ``times``, ``files``, ``bands`` and ``dn_offset`` (per S2 sensor:
-            ``{"dn": per-band DN removed, "rule": ...}``).
+            ``footprint_wgs84``, ``times``, ``files``, ``bands``, ``dn_offset`` (per S2 sensor:
+            ``{"dn": per-band DN removed, "rule": ..., "check": ...}``, ``check`` where the data
+            was checked for the offset, see ``s2_offset``) and ``offset_suspected`` (per S2
+            sensor that looks offset: the evidence of :func:`offset_evidence` and ``applied``).
 
         Raises:
             ValueError: a file is missing, unreadable, truncated, has the wrong band count or
                 dtype, or cannot be warped onto the sample grid; the message names the file.
         """
-        grid = self._reference_grid(item)
+        grid = self.reference_grid(item)
         meta: dict[str, Any] = {
             "source": self.source,
             "crs": grid.crs.to_string() if grid.crs is not None else None,
@@ -463,6 +522,7 @@ class RasterReader:
             "files": {},
             "bands": {},
             "dn_offset": {},
+            "offset_suspected": {},
         }
         sample: dict[str, Any] = {"id": item.id}
         for layer in item.layers:
@@ -474,6 +534,8 @@ class RasterReader:
             meta["bands"][layer.sensor] = spec.band_names
             if offset is not None:
                 meta["dn_offset"][layer.sensor] = offset
+                if offset.get("check", {}).get("suspected"):
+                    meta["offset_suspected"][layer.sensor] = offset["check"]
         for lab in item.labels:
             sample[lab.key] = self._read_label(lab, grid)
             meta["files"][lab.key] = [str(lab.path)]
@@ -482,7 +544,7 @@ class RasterReader:
         sample["meta"] = meta
         return sample
 
-    def _reference_grid(self, item: Item) -> Grid:
+    def reference_grid(self, item: Item) -> Grid:
         """The grid of the finest file of the item's first layer, at ``gsd_m`` where projected."""
         if item.layers:
             paths = item.layers[0].files
@@ -493,8 +555,13 @@ class RasterReader:
         grids = []
         for path in paths:
             with _open(path) as ds:
-                grids.append(Grid.of(ds))
+                grids.append(self.file_grid(ds, path))
         return min(grids, key=lambda g: g.pixel_area).at_gsd(self.gsd_m)
+
+    def file_grid(self, ds: rasterio.io.DatasetReader, path: Path) -> Grid:
+        """The grid of one open file. Layouts whose files may lack georeferencing but have a
+        fixed geometry (BigEarthNet) override this to place such files in a local frame."""
+        return Grid.of(ds)
 
     def _read_layer(
         self, layer: SensorLayer, spec: SensorSpec, grid: Grid
@@ -511,7 +578,7 @@ class RasterReader:
             with _open(path) as ds:
                 self._check_file(ds, path, spec, len(poss))
                 order = _stack_order(ds, path, spec) if len(poss) > 1 else None
-                src = Grid.of(ds)
+                src = self.file_grid(ds, path)
                 for pos in poss:
                     index = order[spec.band_names[pos]] if order else layer.bands[pos].index
                     raw = _read_band(ds, path, index)
@@ -526,28 +593,47 @@ class RasterReader:
                     out[pos] = _warp(x, src, grid, resampling, path)
                     band_tags[pos] = {**metadata, **ds.tags(), **ds.tags(index)}
         all_tags = {k: v for tags in band_tags for k, v in tags.items()}
-        time = layer.time or next(
-            (parse_time(v) for k, v in all_tags.items() if str(k).upper() in _TIME_KEYS and parse_time(v)),
-            None,
-        )
+        time = layer.time or time_from_tags(all_tags)
         valid = np.isfinite(out)
-        offset = None
-        if layer.sensor in OFFSET_SENSORS:
-            decided = [
-                (self.s2_offset, "override")
-                if self.s2_offset is not None
-                else baseline_offset(band_tags[i], n, time)
-                for i, n in enumerate(spec.band_names)
-            ]
-            dn = np.array([d for d, _ in decided], dtype=np.float32)
-            out -= dn[:, None, None]
-            offset = {"dn": [int(d) for d in dn], "rule": decided[0][1]}
+        offset = self._remove_offset(out, layer, spec, band_tags, time) if spec.baseline_offset else None
         if math.isnan(spec.nodata):
             return out, valid, time, offset
         # Integer DN sensors: round, keep valid pixels off the nodata value (dark pixels of
         # offset products can go below 0 reflectance: clipped to 1 DN), saturate at int16.
         data = np.where(valid, np.clip(np.rint(out), 1, _INT16_MAX), spec.nodata)
         return data.astype(spec.file_dtype), valid, time, offset
+
+    def _remove_offset(
+        self, out: np.ndarray, layer: SensorLayer, spec: SensorSpec, band_tags: list[dict[str, Any]],
+        time: datetime | None,
+    ) -> dict[str, Any]:
+        """Subtract the baseline-04.00 offset from ``out`` (``(C, H, W)`` DN, in place); the record
+        ``{"dn": per band, "rule", "check"?}`` (``check``: :func:`offset_evidence`, where it ran)."""
+        if isinstance(self.s2_offset, int):
+            decided = [(self.s2_offset, "override")] * spec.num_channels
+        else:
+            decided = [baseline_offset(band_tags[i], n, time) for i, n in enumerate(spec.band_names)]
+        record: dict[str, Any] = {}
+        if all(rule == "unknown" for _, rule in decided):
+            check = record["check"] = offset_evidence(out, spec.band_names)
+            if check["suspected"]:
+                check["applied"] = self.s2_offset == "auto"
+                if check["applied"]:
+                    decided = [(BASELINE_OFFSET_DN, "suspected")] * spec.num_channels
+                files = ", ".join(str(p) for p in layer.files)
+                warnings.warn(
+                    f"{files}: {spec.key} looks offset by +{BASELINE_OFFSET_DN} DN (processing baseline "
+                    f">= 04.00): its darkest band {check['band']} has a {check['percentile']:g}st percentile "
+                    f"of {check['floor_dn']:g} DN (>= {check['threshold_dn']:g}), and no metadata or date "
+                    "decides; "
+                    + ("removed it (s2_offset='auto')" if check["applied"] else
+                       "kept the values as they are (s2_offset='auto' or 1000 removes it, 0 keeps it quietly)"),
+                    OffsetSuspectedWarning,
+                    stacklevel=2,
+                )
+        dn = np.array([d for d, _ in decided], dtype=np.float32)
+        out -= dn[:, None, None]
+        return {"dn": [int(d) for d in dn], "rule": decided[0][1], **record}
 
     def _check_file(self, ds: rasterio.io.DatasetReader, path: Path, spec: SensorSpec, bands: int) -> None:
         if ds.count != bands:
@@ -576,15 +662,18 @@ class RasterReader:
             raw = _read_band(ds, lab.path, 1)
             x = raw.astype(np.float32)
             x[raw == lab.fill] = np.nan
-            x = _warp(x, Grid.of(ds), grid, Resampling.nearest, lab.path)
+            x = _warp(x, self.file_grid(ds, lab.path), grid, Resampling.nearest, lab.path)
         return np.where(np.isfinite(x), x, lab.fill).astype(lab.dtype)
 
 
 class FolderReader(RasterReader):
-    """A reader of one dataset folder ``root`` (the layouts' shared constructor).
+    """A reader of one dataset folder or index file ``root`` (the layouts' shared constructor).
+
+    ``root`` is kept in its absolute form (:func:`s12mae.paths.absolute`), so the file paths a
+    sample's ``meta["files"]`` records (and shard sets store) do not depend on the working directory.
 
     Args:
-        root: the dataset folder.
+        root: the dataset folder (an index file for :class:`~s12mae.readers.GenericReader`).
         sensors: sensor (and ``label.*``) keys to load; ``None`` loads every one present.
         skip_bad, s2_offset: see :class:`RasterReader`.
     """
@@ -595,7 +684,7 @@ class FolderReader(RasterReader):
         sensors: Sequence[str] | None = None,
         *,
         skip_bad: bool = False,
-        s2_offset: int | None = None,
+        s2_offset: S2Offset = None,
     ) -> None:
-        self.root = Path(root)
+        self.root = Path(absolute(root))
         super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)

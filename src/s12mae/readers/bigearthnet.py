@@ -7,15 +7,23 @@ from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import rasterio
+from affine import Affine
 
-from s12mae.readers.base import FolderReader, Item, SensorLayer, parse_time, read_json
+from s12mae.readers.base import FolderReader, Grid, Item, S2Offset, SensorLayer, read_json
+from s12mae.sensors import layout_sensors
+from s12mae.times import parse_time
 
 __all__ = ["BigEarthNetV1Reader", "BigEarthNetV2Reader", "bigearthnet_labels", "multi_hot19"]
 
-_S2_SENSOR, _S1_SENSOR = "s2_l2a", "s1_grd"
+_SENSORS = layout_sensors("bigearthnet")
+"""Folder token -> sensor key (``{"S2": "s2_l2a", "S1": "s1_grd"}``)."""
+_S2_SENSOR, _S1_SENSOR = _SENSORS["S2"], _SENSORS["S1"]
+PATCH_M = 1200.0
+"""Side of a BigEarthNet patch in metres: 120 px of 10 m, 60 px of 20 m, 20 px of 60 m (S1: 120 px)."""
 
 
 @cache
@@ -42,7 +50,24 @@ def multi_hot19(names: Sequence[str], where: str, nomenclature: str = "labels19"
 class _BigEarthNetReader(FolderReader):
     """Shared patch layout: ``<patch>/<patch>_<B01..B12,B8A>.tif`` (S2 L2A at 20/60/120 px for
     60/20/10 m) and ``<s1 patch>/<s1 patch>_<VV|VH>.tif`` (dB, 120 px). The sample grid is the
-    10 m bands' 120 x 120 UTM grid; 20 m and 60 m bands are resampled to it bilinearly."""
+    10 m bands' 120 x 120 UTM grid; 20 m and 60 m bands are resampled to it bilinearly.
+
+    Files without georeferencing (no CRS; some redistributions strip it) are placed by
+    BigEarthNet's fixed co-registration: every file covers the same 1200 m x 1200 m patch, so a
+    file of ``n`` px has ``1200 / n`` m pixels in a local frame (origin at the patch's top-left
+    corner, ``meta["crs"]`` None). A sample must then lack georeferencing in all its files."""
+
+    def file_grid(self, ds: rasterio.io.DatasetReader, path: Path) -> Grid:
+        if ds.crs is not None:
+            return Grid.of(ds)
+        sizes = {round(PATCH_M / 10), round(PATCH_M / 20), round(PATCH_M / 60)}
+        if ds.width != ds.height or ds.width not in sizes:
+            raise ValueError(
+                f"{path}: has no georeferencing and is {ds.width}x{ds.height} px; a BigEarthNet band "
+                f"file is square with {sorted(sizes, reverse=True)} px (10, 20, 60 m over {PATCH_M:g} m)"
+            )
+        pixel = PATCH_M / ds.width
+        return Grid(None, Affine(pixel, 0.0, 0.0, 0.0, -pixel, PATCH_M), ds.width, ds.height)
 
     def _patch_item(
         self,
@@ -141,24 +166,27 @@ class BigEarthNetV2Reader(_BigEarthNetReader):
 
     Args:
         root: folder holding ``BigEarthNet-S2``, ``BigEarthNet-S1`` and the metadata file.
-        split: keep only rows of this split (``train``, ``validation``, ``test``).
+        split: keep only rows of this split or these splits (``train``, ``validation``, ``test``);
+            a name the ``split`` column does not hold is a ValueError listing the ones it does.
         metadata: the metadata file name or path (relative to ``root``).
     """
 
     source = "bigearthnet-v2"
     columns = ("patch_id", "labels", "split", "s1_name")
+    train_split: ClassVar[str | None] = "train"
 
     def __init__(
         self,
         root: str | Path,
         sensors: Sequence[str] | None = None,
         *,
-        split: str | None = None,
+        split: str | Sequence[str] | None = None,
         metadata: str | Path = "metadata.parquet",
         skip_bad: bool = False,
-        s2_offset: int | None = None,
+        s2_offset: S2Offset = None,
     ) -> None:
-        self.split, self.metadata = split, Path(root) / metadata
+        self.split = [split] if isinstance(split, str) else None if split is None else list(split)
+        self.metadata = Path(root) / metadata
         super().__init__(root, sensors, skip_bad=skip_bad, s2_offset=s2_offset)
 
     def _discover(self) -> list[Item]:
@@ -171,11 +199,12 @@ class BigEarthNetV2Reader(_BigEarthNetReader):
         missing = [c for c in self.columns if c not in table.column_names]
         if missing:
             raise ValueError(f"{self.metadata}: lacks column(s) {missing}; it has {table.column_names}")
+        self._check_split(table.column("split").to_pylist())
         s2_dirs = {p.name: p for p in (self.root / "BigEarthNet-S2").glob("*/*") if p.is_dir()}
         s1_dirs = {p.name: p for p in (self.root / "BigEarthNet-S1").glob("*/*") if p.is_dir()}
         items = []
         for row_number, row in enumerate(table.select(list(self.columns)).to_pylist()):
-            if self.split is not None and row["split"] != self.split:
+            if self.split is not None and row["split"] not in self.split:
                 continue
             patch, s1_name = row["patch_id"], row["s1_name"]
             where = f"{self.metadata}: row {row_number} (patch_id {patch})"
@@ -201,3 +230,9 @@ class BigEarthNetV2Reader(_BigEarthNetReader):
             except ValueError as err:
                 self._bad(f"{self.source}/{patch}", err)
         return items
+
+    def _check_split(self, column: list[Any]) -> None:
+        present = sorted({str(v) for v in column if v is not None})
+        unknown = [name for name in self.split or [] if name not in present]
+        if unknown:
+            raise ValueError(f"{self.metadata}: no split {unknown} in column 'split'; it holds {present}")

@@ -3,45 +3,44 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from s12mae.readers.base import Item, RasterReader, SensorLayer, parse_time
+from s12mae.paths import is_url, resolve
+from s12mae.readers.base import FolderReader, Item, SensorLayer
+from s12mae.sensors import sensors_of_family
+from s12mae.times import parse_time
 
 __all__ = ["GenericReader"]
 
 
-class GenericReader(RasterReader):
+class GenericReader(FolderReader):
     """Samples from an index file (``.csv`` or ``.parquet``), one row per sample.
 
     Columns: ``id``; ``s2_path`` (a stack holding all bands of ``s2_sensor`` in spec order);
-    optional ``s1_path`` (VV, VH stack); ``s2_sensor`` (default ``s2_l1c``), ``s1_sensor``
-    (default ``s1_grd``), ``s2_time``, ``s1_time`` (ISO-8601; the S2 time drives the
-    baseline-04.00 rule where the file's tags say nothing). Relative paths are relative to the
-    index file's folder. The S2 grid (at 10 m where projected) is the sample grid; S1 is warped
+    optional ``s1_path`` (VV, VH stack); ``s2_sensor`` (default: the first S2 sensor of
+    ``sensors.yaml``, ``s2_l1c``), ``s1_sensor`` (default ``s1_grd``), ``s2_time``, ``s1_time``
+    (any form :func:`s12mae.times.parse_time` reads; the S2 time drives the baseline-04.00 rule
+    where the file's tags say nothing). Relative paths are relative to the index file's folder
+    (:mod:`s12mae.paths`). The S2 grid (at 10 m where projected) is the sample grid; S1 is warped
     onto it. A row naming a file that does not exist is a ValueError naming the index file, the
     row and the path (or a skip under ``skip_bad``).
 
     Args:
-        index: the index file.
+        root: the index file.
         sensors: subset of the sensor keys in the index.
         skip_bad, s2_offset: see :class:`RasterReader`.
     """
 
     source = "generic"
-    defaults = {"s2_sensor": "s2_l1c", "s1_sensor": "s1_grd"}
+    defaults: ClassVar[dict[str, str]] = {
+        f"{family}_sensor": sensors_of_family(family)[0] for family in ("s2", "s1")
+    }
 
-    def __init__(
-        self,
-        index: str | Path,
-        sensors: Sequence[str] | None = None,
-        *,
-        skip_bad: bool = False,
-        s2_offset: int | None = None,
-    ) -> None:
-        self.index = Path(index)
-        super().__init__(sensors=sensors, skip_bad=skip_bad, s2_offset=s2_offset)
+    @property
+    def index(self) -> Path:
+        """The index file (absolute)."""
+        return self.root
 
     def _rows(self) -> list[dict[str, Any]]:
         if not self.index.is_file():
@@ -60,27 +59,27 @@ class GenericReader(RasterReader):
             raise ValueError(f"{self.index}: needs columns 'id' and 's2_path'; it has {sorted(rows[0])}")
         return rows
 
+    def _layer(self, row: dict[str, Any], prefix: str, where: str) -> SensorLayer:
+        value = row[f"{prefix}_path"]
+        if is_url(value):
+            raise ValueError(f"{where}: {prefix}_path {value} is a URL; this reader reads local files")
+        path = Path(resolve(value, self.index.parent))
+        if not path.is_file():
+            raise ValueError(f"{where}: {prefix}_path {path} does not exist")
+        sensor = row.get(f"{prefix}_sensor", self.defaults[f"{prefix}_sensor"])
+        return SensorLayer.stack(sensor, path, parse_time(row.get(f"{prefix}_time")))
+
     def _discover(self) -> list[Item]:
         items = []
         for row_number, row in enumerate(self._rows()):
             row = {k: v for k, v in row.items() if v not in (None, "")}
             sample_id = f"{self.source}/{row.get('id', row_number)}"
+            where = f"{self.index}: row {row_number} (id {row.get('id')})"
             try:
-                layers = []
-                for prefix in ("s2", "s1"):
-                    if f"{prefix}_path" not in row:
-                        continue
-                    path = Path(row[f"{prefix}_path"])
-                    path = path if path.is_absolute() else self.index.parent / path
-                    if not path.is_file():
-                        raise ValueError(
-                            f"{self.index}: row {row_number} (id {row.get('id')}): "
-                            f"{prefix}_path {path} does not exist"
-                        )
-                    sensor = row.get(f"{prefix}_sensor", self.defaults[f"{prefix}_sensor"])
-                    layers.append(SensorLayer.stack(sensor, path, parse_time(row.get(f"{prefix}_time"))))
+                prefixes = [p for p in ("s2", "s1") if f"{p}_path" in row]
+                layers = [self._layer(row, prefix, where) for prefix in prefixes]
                 if not layers:
-                    raise ValueError(f"{self.index}: row {row_number} (id {row.get('id')}): no s2_path")
+                    raise ValueError(f"{where}: no s2_path")
                 items.append(Item(sample_id, layers))
             except (ValueError, KeyError) as err:
                 self._bad(

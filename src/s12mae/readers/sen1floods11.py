@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from s12mae.readers.base import FolderReader, Item, LabelLayer, SensorLayer
+from s12mae.sensors import layout_sensors
 
 __all__ = ["Sen1Floods11Reader"]
 
@@ -28,7 +28,7 @@ class Sen1Floods11Reader(FolderReader):
     """
 
     source = "sen1floods11"
-    suffixes: ClassVar[dict[str, str]] = {"_S2Hand": "s2_l1c", "_S1Hand": "s1_grd"}
+    suffixes: ClassVar[dict[str, str]] = layout_sensors("sen1floods11")  # {"_S2Hand": "s2_l1c", ...}
     label_suffixes: ClassVar[dict[str, tuple[str, str, int]]] = {"_LabelHand": ("label.water", "int16", -1)}
 
     def _discover(self) -> list[Item]:

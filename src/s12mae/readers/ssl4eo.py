@@ -1,17 +1,115 @@
-"""SSL4EO-S12 (original GeoTIFF layout): per location, per acquisition, one file per band."""
+"""SSL4EO-S12 (original GeoTIFF layout): per location, per acquisition, one file per band.
+
+This module is the one home of the layout: ``<root>/<product>/<location>/<acquisition>/`` with
+``<band>.tif`` files and a ``metadata.json`` (Earth Engine properties). Product folder names come
+from ``sensors.yaml`` (``layout_names.ssl4eo``: ``s2c`` L1C, ``s2a`` L2A, ``s1`` GRD). Pairing
+(:func:`metadata_records`) and the ``pairs`` layout (:func:`is_acquisition_folder`,
+:func:`s2_product_folders`, :class:`ListedSSL4EOReader`) call the functions here.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from s12mae.readers.base import FolderReader, Item, SensorLayer, parse_time, read_json
+from s12mae.readers.base import FolderReader, Item, SensorLayer, read_json
+from s12mae.sensors import layout_sensors, sensors_of_family
+from s12mae.times import parse_time
 
-__all__ = ["Acquisition", "SSL4EOReader"]
+__all__ = [
+    "FOLDER_PATTERN",
+    "FOOTPRINT_KEYS",
+    "METADATA",
+    "PRODUCTS",
+    "TIME_KEYS",
+    "Acquisition",
+    "ListedSSL4EOReader",
+    "SSL4EOReader",
+    "acquisition_folders",
+    "is_acquisition_folder",
+    "is_product_folder",
+    "metadata_records",
+    "product_of",
+    "s2_product_folders",
+    "sensor_of",
+]
+
+PRODUCTS: dict[str, str] = layout_sensors("ssl4eo")
+"""Product folder -> sensor key (``{"s2c": "s2_l1c", "s2a": "s2_l2a", "s1": "s1_grd"}``)."""
+METADATA = "metadata.json"
+TIME_KEYS = ("system:time_start", "datetime", "time")
+"""``metadata.json`` keys of the acquisition time, first present wins (tile sensing time, ms)."""
+FOOTPRINT_KEYS = ("system:footprint", "footprint", "geometry")
+"""``metadata.json`` keys of the footprint (GeoJSON; the whole source product's, not the chip's)."""
+
+
+def product_of(family: str) -> str:
+    """The first product folder of a sensor family (``s1`` -> ``s1``, ``s2`` -> ``s2c``)."""
+    return next(p for p, key in PRODUCTS.items() if key in sensors_of_family(family))
+
+
+def acquisition_folders(product_dir: Path) -> list[Path]:
+    """The ``<location>/<acquisition>/`` folders of one product folder, sorted."""
+    return sorted(Path(product_dir).glob("*/*/"))
+
+
+FOLDER_PATTERN = f"<root>/<{'|'.join(PRODUCTS)}>/<location>/<acquisition>"
+"""An acquisition folder, as error messages describe it."""
+
+
+def is_acquisition_folder(path: Path) -> bool:
+    """``path`` is an existing ``<root>/<product>/<location>/<acquisition>`` folder."""
+    return path.is_dir() and path.parent.parent.name in PRODUCTS
+
+
+def sensor_of(folder: Path) -> str:
+    """The sensor key of an acquisition folder, from its product folder (``s2c`` -> ``s2_l1c``)."""
+    return PRODUCTS[folder.parent.parent.name]
+
+
+def _metadata(folder: Path) -> dict[str, Any]:
+    path = folder / METADATA
+    return read_json(path) if path.is_file() else {}
+
+
+def is_product_folder(folder: Path) -> bool:
+    """``folder`` holds ``<location>/<acquisition>/metadata.json`` (a product folder such as ``s2c``)."""
+    return any(Path(folder).glob(f"*/*/{METADATA}"))
+
+
+def metadata_records(product_dir: Path) -> Iterator[tuple[Path, str, dict[str, Any]]]:
+    """``(acquisition folder, location, metadata)`` of every acquisition with a ``metadata.json``.
+
+    Raises:
+        ValueError: a ``metadata.json`` that cannot be read (the message names it).
+    """
+    for folder in acquisition_folders(product_dir):
+        if (folder / METADATA).is_file():
+            yield folder, folder.parent.name, read_json(folder / METADATA)
+
+
+def s2_product_folders(s2: Path, keys: Sequence[str]) -> list[Path]:
+    """The S2 acquisition folder ``s2`` and, for each other S2 key in ``keys``, the folder of the
+    same acquisition in that key's product folder (``s2c/<loc>/<acq>`` -> ``s2a/<loc>/<acq>``).
+
+    Raises:
+        ValueError: a folder that ``keys`` asks for does not exist.
+    """
+    own = sensor_of(s2)
+    s2_keys = sensors_of_family("s2")
+    folders = []
+    for product, key in PRODUCTS.items():
+        if key not in s2_keys or key not in keys:
+            continue
+        folder = s2 if key == own else s2.parents[2] / product / s2.parent.name / s2.name
+        if not folder.is_dir():
+            raise ValueError(f"{key} was asked for, but {folder} does not exist")
+        folders.append(folder)
+    return folders
 
 
 @dataclass(frozen=True)
@@ -23,6 +121,13 @@ class Acquisition:
     name: str
     time: datetime | None
     folder: Path
+
+    @classmethod
+    def at(cls, folder: Path) -> Acquisition:
+        """The acquisition in ``folder``; its time from the folder name (the datatake's sensing
+        start), else from ``metadata.json``'s ``system:time_start``."""
+        time = parse_time(folder.name) or parse_time(_metadata(folder).get(TIME_KEYS[0]))
+        return cls(folder.parent.name, sensor_of(folder), folder.name, time, folder)
 
     @property
     def date(self) -> str:
@@ -52,14 +157,11 @@ class SSL4EOReader(FolderReader):
     """
 
     source = "ssl4eo-s12"
-    products: ClassVar[dict[str, str]] = {"s2c": "s2_l1c", "s2a": "s2_l2a", "s1": "s1_grd"}
+    products: ClassVar[dict[str, str]] = PRODUCTS
 
     def _scan(self) -> list[Acquisition]:
-        out = []
-        for product, sensor in self.products.items():
-            for folder in sorted((self.root / product).glob("*/*/")):
-                time = parse_time(folder.name) or parse_time(self._metadata(folder).get("system:time_start"))
-                out.append(Acquisition(folder.parent.name, sensor, folder.name, time, folder))
+        folders = [f for product in self.products for f in acquisition_folders(self.root / product)]
+        out = [Acquisition.at(folder) for folder in folders]
         if not out:
             raise ValueError(f"{self.root}: no acquisition folders under {sorted(self.products)}")
         return out
@@ -73,23 +175,19 @@ class SSL4EOReader(FolderReader):
         ]
         return sorted(acqs, key=lambda a: (a.location, a.time.timestamp() if a.time else math.inf, a.sensor))
 
-    @staticmethod
-    def _metadata(folder: Path) -> dict[str, Any]:
-        path = folder / "metadata.json"
-        return read_json(path) if path.is_file() else {}
-
     def _layer(self, acq: Acquisition) -> SensorLayer:
         files = {p.stem: p for p in acq.folder.glob("*.tif")}
         layer = SensorLayer.per_band(acq.sensor, files, acq.time, where=str(acq.folder))
-        layer.sidecar = acq.folder / "metadata.json" if (acq.folder / "metadata.json").is_file() else None
+        layer.sidecar = acq.folder / METADATA if (acq.folder / METADATA).is_file() else None
         return layer
 
     def _discover(self) -> list[Item]:
         self._acquisitions = self._scan()
         items: dict[str, Item] = {}
         bad: set[str] = set()
+        s1_keys = sensors_of_family("s1")
         for acq in self._acquisitions:
-            s1 = acq.sensor == "s1_grd"
+            s1 = acq.sensor in s1_keys
             item_id = f"{self.source}/{acq.location}/{'s1-' if s1 else ''}{acq.date}"
             if item_id in items and acq.name not in items[item_id].meta["acquisitions"].values():
                 item_id = f"{self.source}/{acq.location}/{acq.name}"  # two acquisitions on one day
@@ -107,8 +205,8 @@ class SSL4EOReader(FolderReader):
         S1 warped onto the S2 10 m grid. Acquisitions are given as objects, as
         ``"<location>/<folder>"`` or as a bare folder name (which must then be unique: one S2
         datatake name is shared by every location of its tile)."""
-        s2_acqs = self._find(s2, ("s2_l1c", "s2_l2a"))
-        s1_acq = self._find(s1, ("s1_grd",))[0]
+        s2_acqs = self._find(s2, tuple(sensors_of_family("s2")))
+        s1_acq = self._find(s1, tuple(sensors_of_family("s1")))[0]
         if s1_acq.location != s2_acqs[0].location:
             raise ValueError(
                 f"{self.source}: S2 {s2_acqs[0].name} is at location {s2_acqs[0].location}, "
@@ -137,6 +235,19 @@ class SSL4EOReader(FolderReader):
             raise ValueError(f"{self.root}: acquisition {name!r} exists at locations {locations[:5]}; "
                              "name it as '<location>/<folder>'")
         return found
+
+
+class ListedSSL4EOReader(SSL4EOReader):
+    """:class:`SSL4EOReader` over the given acquisition folders only: no scan of the whole root
+    (millions of folders in the full dataset), and folder names are unambiguous (one S2 datatake
+    name is shared by every location of its tile, which :meth:`load_pair` cannot tell apart)."""
+
+    def __init__(self, folders: Sequence[Path], sensors: Sequence[str] | None) -> None:
+        self._folders = list(dict.fromkeys(folders))
+        super().__init__(self._folders[0].parents[2], sensors)
+
+    def _scan(self) -> list[Acquisition]:
+        return [Acquisition.at(folder) for folder in self._folders]
 
 
 def _hours(a: datetime | None, b: datetime | None) -> float | None:

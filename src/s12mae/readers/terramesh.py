@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar
 
 from s12mae.readers.base import FolderReader, Item, LabelLayer, SensorLayer
+from s12mae.sensors import layout_sensors
 
 __all__ = ["TerraMeshReader"]
 
@@ -15,8 +14,10 @@ class TerraMeshReader(FolderReader):
     """Scenes of ``root/<MODALITY>/<scene>.tif`` (S2L1C, S2L2A, S1RTC, S1GRD, DEM, LULC).
 
     Every modality is a multi-band stack on the scene's 10 m UTM grid (224 x 224 in the examples).
-    S2 files carry no metadata, so the baseline-04.00 offset cannot be decided from them: values
-    are kept unless ``s2_offset`` says otherwise (see :class:`RasterReader`). S1 and LULC files
+    S2 files carry no metadata, so the baseline-04.00 offset cannot be decided from them: the data
+    is checked instead (a layer whose darkest band floor is near 1000 DN is flagged in
+    ``meta["offset_suspected"]`` with a warning; three of the five example scenes' L1C are) and
+    values are kept unless ``s2_offset`` says otherwise (see :class:`RasterReader`). S1 and LULC files
     carry a ``datetime`` tag, which becomes ``meta["times"]``.
 
     Args:
@@ -27,14 +28,10 @@ class TerraMeshReader(FolderReader):
     """
 
     source = "terramesh"
-    # Folder -> key, in the order that picks the reference grid (first present wins).
-    folders: ClassVar[dict[str, str]] = {
-        "S2L2A": "s2_l2a",
-        "S2L1C": "s2_l1c",
-        "S1RTC": "s1_rtc",
-        "S1GRD": "s1_grd",
-        "DEM": "dem",
-    }
+    # Folder -> key from sensors.yaml, in spec order (S2L1C, S2L2A, S1GRD, S1RTC, DEM); the first
+    # present gives the reference grid, which does not depend on the order: TerraMesh stores every
+    # modality of a scene on one grid.
+    folders: ClassVar[dict[str, str]] = layout_sensors("terramesh")
     label_folders: ClassVar[dict[str, tuple[str, str, int]]] = {"LULC": ("label.landcover", "uint8", 0)}
 
     def _discover(self) -> list[Item]:

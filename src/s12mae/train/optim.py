@@ -8,33 +8,36 @@ import torch
 from torch import nn
 
 from s12mae.config import OptimConfig
+from s12mae.runtime import no_decay_names
 
 __all__ = ["build_optimizer", "lr_at"]
 
 
-def _no_decay_names(model: nn.Module) -> set[str]:
-    names: set[str] = set()
-    for prefix, module in model.named_modules():
-        hook = getattr(module, "no_weight_decay", None)
-        if callable(hook):
-            names |= {f"{prefix}.{n}" if prefix else n for n in hook()}
-    return names
+_FUSED_ADAMW_DEVICES = {"cpu", "cuda"}  # where torch has a fused AdamW kernel
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adafactor or AdamW; biases, norms and tokens get no weight decay."""
-    skip = _no_decay_names(model)
+    """Adafactor or AdamW; biases, norms and tokens get no weight decay.
+
+    AdamW runs torch's fused kernel (one kernel for all tensors, instead of a Python loop of
+    small ops per tensor) when every parameter is on the CPU or on CUDA, so build the optimizer
+    after moving the model. Adafactor has no fused kernel; it takes torch's default (the
+    multi-tensor ``foreach`` path on CUDA).
+    """
+    skip = no_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+            (no_decay if name in skip else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if cfg.name == "adafactor":
         return torch.optim.Adafactor(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    devices = {p.device.type for p in decay + no_decay}
+    fused = bool(devices) and devices <= _FUSED_ADAMW_DEVICES and len({p.device for p in decay + no_decay}) == 1
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:

@@ -1,0 +1,118 @@
+"""Shard writing on Dask (1 and 2 workers, against one process) and shard reading from S3 vs disk.
+
+1. ``s12mae shards`` throughput: a simulated dataset (``--scenes`` scenes at ``--size`` px, S2 +
+   S1) cut into a grid of 64 px chips, written in one process (``write_shard_set``) and on a
+   ``LocalCluster`` of 1 and 2 worker processes (``write_shard_set_dask``; plan + write passes,
+   worker start-up excluded: the cluster is started before the clock). Chips written per second;
+   the sets are checked byte-identical.
+2. Shard reading: the one-process set read back with ``read_samples`` (decode every member) from
+   the local folder and from a local S3 endpoint (moto's server on localhost, the test suite's
+   ``fixtures_servers.S3Server``), after ``storage.upload_folder``. Chips per second and MB/s.
+
+Usage:
+    python benchmarks/bench_dask.py                 # 64 scenes of 256 px (1024 chips)
+    python benchmarks/bench_dask.py --scenes 16     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _write(args: argparse.Namespace, work: Path) -> list[dict]:
+    import functools
+
+    import distributed
+
+    from s12mae.layouts import open_layout
+    from s12mae.shards import ShardConfig, write_shard_set
+    from s12mae.shards.parallel import write_shards_distributed
+
+    cfg = ShardConfig(sensors=["s2_l1c", "s1_grd"], crop="grid", chip_size=64, chips_per_shard=64)
+    data = str(work / "sim")
+    rows = []
+    t = time.perf_counter()
+    manifest = write_shard_set(data, work / "one", cfg)
+    rows.append({"mode": "one process", "workers": 0, "chips": manifest["num_samples"],
+                 "seconds": time.perf_counter() - t})
+    keys = list(cfg.sensors)
+    for n in (1, 2):
+        with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                      dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+            opener = functools.partial(open_layout, "simulated", data, keys)
+            client.run(lambda: __import__("s12mae.shards.parallel"))  # imports before the clock
+            t = time.perf_counter()
+            m = write_shards_distributed(opener, work / f"dask{n}", cfg, client, progress=False,
+                                         num_input=len(opener()))
+            rows.append({"mode": "dask", "workers": n, "chips": m["num_samples"],
+                         "seconds": time.perf_counter() - t})
+        rows[-1]["identical"] = _files(work / f"dask{n}") == _files(work / "one")
+    for r in rows:
+        r["chips_per_s"] = r["chips"] / r["seconds"]
+    return rows
+
+
+def _read(work: Path) -> list[dict]:
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import boto3
+    import fsspec
+    from fixtures_servers import S3Server
+
+    from s12mae import storage
+    from s12mae.shards import read_samples
+
+    server = S3Server()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=server.endpoint)
+    fsspec.AbstractFileSystem.clear_instance_cache()
+    boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+    storage.upload_folder(work / "one", "s3://bench/set", last=["shards.json"])
+    size = sum(p.stat().st_size for p in (work / "one").glob("shard-*.tar"))
+    rows = []
+    for name, where in (("local disk (page cache warm)", str(work / "one")), ("local S3 endpoint", "s3://bench/set")):
+        sum(1 for _ in read_samples(where))  # warm-up
+        t = time.perf_counter()
+        n = sum(1 for _ in read_samples(where))
+        dt = time.perf_counter() - t
+        rows.append({"source": name, "chips": n, "seconds": dt, "chips_per_s": n / dt, "MB_per_s": size / dt / 1e6})
+    server.stop()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", type=int, default=64)
+    ap.add_argument("--size", type=int, default=256)
+    args = ap.parse_args()
+    from s12mae.simulate import SimulationConfig, write_simulated
+
+    print(json.dumps({"load_average_start": os.getloadavg(), "cpus": os.cpu_count()}), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_simulated(work / "sim", SimulationConfig(num_samples=args.scenes, img_size=args.size, seed=0))
+        writes = _write(args, work)
+        reads = _read(work)
+    print(json.dumps({"load_average_end": os.getloadavg()}))
+    print("\n| writer | workers | chips | seconds | chips/s | identical to one process |\n|---|---|---|---|---|---|")
+    for r in writes:
+        print(f"| {r['mode']} | {r['workers'] or '-'} | {r['chips']} | {r['seconds']:.1f} | {r['chips_per_s']:.1f} "
+              f"| {r.get('identical', '-')} |")
+    print("\n| shard source | chips | seconds | chips/s | MB/s |\n|---|---|---|---|---|")
+    for r in reads:
+        print(f"| {r['source']} | {r['chips']} | {r['seconds']:.2f} | {r['chips_per_s']:.0f} | {r['MB_per_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

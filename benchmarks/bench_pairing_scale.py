@@ -1,0 +1,108 @@
+"""How pairing's memory grows with the catalogue: peak RSS of ``pair`` at growing sizes.
+
+Issue 11 asks for 10M S2 x 30M S1 rows under a stated memory cap. This benchmark measures peak
+resident memory and wall time at growing sizes (default 0.1M x 0.3M, 0.3M x 0.9M, 1M x 3M) so the
+growth per row can be read off, with the bounded-memory options of ``pair`` (``--partition_days``:
+time-window partitions of the search; ``--memory_limit``/``--temp_dir``: DuckDB's limit and spill
+folder), and can run each size under a hard address-space cap (``--cap_gb``, ``RLIMIT_AS``) to
+check a bound. The item tables themselves stay in memory (they are not partitioned).
+
+Each size runs in two fresh processes: one writes the synthetic catalogue of
+``bench_pairing.generate`` (same generator and seed as the 1M x 3M benchmark), one pairs it with
+``pair_cli`` (read, pair, nearest S1 of the S2-only rows, write) and reports its own peak RSS
+(``ru_maxrss``), so generation never counts.
+
+Usage:
+    python benchmarks/bench_pairing_scale.py                          # three sizes, 2 threads
+    python benchmarks/bench_pairing_scale.py --sizes 100000:300000 --cap_gb 4
+    python benchmarks/bench_pairing_scale.py --sizes 1000000:3000000 --partition_days 30 --memory_limit 2GB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _worker(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(HERE))
+    work = Path(args.workdir)
+    if args.worker == "generate":
+        from bench_pairing import generate
+
+        generate(args.n_s2, args.n_s1, args.seed, work)
+        return
+    if args.cap_gb:
+        cap = int(args.cap_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    from s12mae.pairing import pair_cli
+
+    t = time.perf_counter()
+    stats = pair_cli(str(work / "s2.parquet"), str(work / "s1.parquet"), out=str(work / "out"),
+                     threads=args.threads, quiet=True, partition_days=args.partition_days,
+                     memory_limit=args.memory_limit, temp_directory=args.temp_dir or str(work / "spill"))
+    wall = time.perf_counter() - t
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    print(json.dumps({"wall_s": wall, "peak_rss_gb": peak_gb, "pairs": stats["pairs"],
+                      "s2_only": stats["s2_only"], "seconds": stats["seconds"], "load_end": os.getloadavg()}))
+
+
+def _run(n_s2: int, n_s1: int, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        common = [sys.executable, __file__, "--workdir", tmp, "--n_s2", str(n_s2), "--n_s1", str(n_s1),
+                  "--seed", str(args.seed), "--threads", str(args.threads)]
+        subprocess.run([*common, "--worker", "generate"], check=True)
+        cap = ["--cap_gb", str(args.cap_gb)] if args.cap_gb else []
+        cap += ["--partition_days", str(args.partition_days)] if args.partition_days else []
+        cap += ["--memory_limit", args.memory_limit] if args.memory_limit else []
+        cap += ["--temp_dir", args.temp_dir] if args.temp_dir else []
+        done = subprocess.run([*common, "--worker", "pair", *cap], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return {"n_s2": n_s2, "n_s1": n_s1, "failed": done.stderr.strip().splitlines()[-1:]}
+        return {"n_s2": n_s2, "n_s1": n_s1, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000:300000,300000:900000,1000000:3000000",
+                    help="comma-separated N_S2:N_S1 pairs")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cap_gb", type=float, default=None, help="address-space cap of the pairing process")
+    ap.add_argument("--partition_days", type=float, default=None, help="pair(partition_days=...)")
+    ap.add_argument("--memory_limit", default=None, help="pair(memory_limit=...), e.g. 2GB")
+    ap.add_argument("--temp_dir", default=None, help="DuckDB spill folder (default: in the work folder)")
+    ap.add_argument("--worker", choices=["generate", "pair"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--n_s2", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--n_s1", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return _worker(args)
+    rows = []
+    print(json.dumps({"load_average": os.getloadavg(), "partition_days": args.partition_days,
+                      "memory_limit": args.memory_limit, "cap_gb": args.cap_gb}), flush=True)
+    for size in args.sizes.split(","):
+        n_s2, n_s1 = (int(v) for v in size.split(":"))
+        rows.append(_run(n_s2, n_s1, args))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| S2 rows | S1 rows | wall s | peak RSS GB | GB per 1M input rows |\n|---|---|---|---|---|")
+    for r in rows:
+        if "failed" in r:
+            print(f"| {r['n_s2']:,} | {r['n_s1']:,} | failed: {r['failed']} | | |")
+            continue
+        per = r["peak_rss_gb"] / ((r["n_s2"] + r["n_s1"]) / 1e6)
+        print(f"| {r['n_s2']:,} | {r['n_s1']:,} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} | {per:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

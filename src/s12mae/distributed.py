@@ -1,0 +1,139 @@
+"""Running data preparation on a Dask cluster (``--cluster local:N | tcp://HOST:PORT``).
+
+The one home of how ``s12mae shards`` and ``s12mae stats`` reach Dask (``dask.distributed``, the
+``[dask]`` extra): :func:`open_client` turns a cluster spec into a client (a ``LocalCluster`` that
+it owns and closes, or a connection to a running scheduler: one you started with
+``dask scheduler``/``dask worker``, or a SLURM/PBS cluster of ``dask-jobqueue``), and
+:func:`gather_in_order` runs tasks with a live progress bar (tqdm) and hands back their results in
+submission order, so what the tasks compute never depends on which worker finished first.
+
+A worker that dies mid-task is survived by Dask itself: the scheduler reruns the task on another
+worker (up to ``distributed.scheduler.allowed-failures`` times). The tasks given here must
+therefore be idempotent: the shard writer's are (temporary name, then rename; same bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+__all__ = ["TaskBar", "gather_in_order", "open_client", "parse_cluster", "worker_cached"]
+
+_OPENED: dict[str, Any] = {}
+_OPENED_LOCK = threading.Lock()
+_LOCAL = re.compile(r"^local:(\d+)$")
+_ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")
+
+
+def parse_cluster(spec: str) -> tuple[str, int | str]:
+    """``("local", N)`` for ``local:N``, ``("address", spec)`` for ``tcp://HOST:PORT`` (or tls/ucx).
+
+    Raises:
+        ValueError: any other spec; the message lists the accepted forms.
+    """
+    m = _LOCAL.match(spec.strip())
+    if m and int(m.group(1)) >= 1:
+        return "local", int(m.group(1))
+    if _ADDRESS.match(spec.strip()):
+        return "address", spec.strip()
+    raise ValueError(f"--cluster {spec!r}: give local:N (N >= 1 worker processes on this machine) or the "
+                     "address of a running Dask scheduler, tcp://HOST:PORT")
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ValueError("--cluster needs Dask: pip install 's12mae[dask]' (dask.distributed)") from None
+    return distributed
+
+
+@contextlib.contextmanager
+def open_client(spec: str, *, threads_per_worker: int = 1, timeout_s: float = 30.0) -> Iterator[Any]:
+    """A ``distributed.Client`` for the cluster ``spec`` (see :func:`parse_cluster`), closed on exit.
+
+    ``local:N`` starts N worker processes of ``threads_per_worker`` threads (one thread each by
+    default: chipping holds the GIL in numpy and tar code) and shuts them down afterwards; an
+    address connects to a running scheduler and leaves it running.
+
+    Raises:
+        ValueError: Dask is not installed, or the scheduler cannot be reached within ``timeout_s``.
+    """
+    distributed = _import_distributed()
+    kind, value = parse_cluster(spec)
+    with contextlib.ExitStack() as stack:
+        if kind == "local":
+            cluster = stack.enter_context(distributed.LocalCluster(
+                n_workers=int(value), threads_per_worker=threads_per_worker, processes=True,
+                dashboard_address=":0"))
+            client = stack.enter_context(distributed.Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(distributed.Client(str(value), timeout=timeout_s))
+            except (OSError, TimeoutError) as err:
+                raise ValueError(f"--cluster {value}: cannot reach a Dask scheduler there ({err})") from None
+        yield client
+
+
+class TaskBar:
+    """The live progress line of a distributed run: tqdm over ``total`` units (scenes or chips), with
+    rate and ETA, plus free-form counters after it (``scenes 12/40``)."""
+
+    def __init__(self, total: int, unit: str, desc: str, enabled: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+    def update(self, n: int, **postfix: Any) -> None:
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def gather_in_order(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]],
+                    on_done: Callable[[int, Any], None] | None = None, *, key: str = "s12mae",
+                    retries: int = 0) -> list[Any]:
+    """``[fn(*t) for t in tasks]`` on the cluster; results in the order of ``tasks``.
+
+    ``on_done(i, result)`` runs on the client as each task finishes (in completion order), e.g. to
+    move a progress bar. A task that raises is retried ``retries`` times (default none: bad input
+    fails the same way again, and reads from object storage retry on their own); a worker that
+    died is handled by the scheduler, which reruns its tasks elsewhere. The first error is raised
+    here, after the other tasks are cancelled.
+    """
+    distributed = _import_distributed()
+    run = uuid.uuid4().hex[:8]  # task keys unique per call: two calls on one client never collide
+    futures = [client.submit(fn, *t, key=f"{key}-{run}-{i}", pure=False, retries=retries)
+               for i, t in enumerate(tasks)]
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    try:
+        for fut in distributed.as_completed(futures):
+            i = index[fut.key]
+            results[i] = fut.result()  # raises the task's error
+            if on_done is not None:
+                on_done(i, results[i])
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return results
+
+
+def worker_cached(source: Any, token: str) -> Any:
+    """``source()`` once per worker process and ``token`` (e.g. a dataset listing), or ``source``
+    itself when it is not callable (data sent along with the task or scattered)."""
+    if not callable(source):
+        return source
+    with _OPENED_LOCK:
+        if token not in _OPENED:
+            if len(_OPENED) >= 4:  # a long-lived worker serving many runs keeps a few
+                _OPENED.pop(next(iter(_OPENED)))
+            _OPENED[token] = source()
+        return _OPENED[token]
