@@ -53,7 +53,8 @@ def test_unknown_key_and_bad_size_are_errors_that_name_them(tmp_path, capsys):
 
 def test_demo_end_to_end_on_a_tiny_run(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "4", "--num_samples", "16", "--eval_steps", "2"]) == 0
+    assert main(["demo", "--out", str(out), "--steps", "4", "--num_samples", "16", "--eval_steps", "2",
+                 "--eval_scenes", "12"]) == 0
     printed = capsys.readouterr().out
     assert "SMOKE CHECK" in printed and "not results" in printed
     summary = json.loads((out / "summary.json").read_text())

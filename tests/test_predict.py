@@ -17,7 +17,7 @@ from affine import Affine
 from conftest import shared
 from safetensors.torch import load_file
 
-from s12mae.evaluation import EvalConfig, EvalDataConfig, HeadConfig, run_evaluation
+from s12mae.evaluation import EvalConfig, EvalDataConfig, FitConfig, run_evaluation
 from s12mae.export import save_encoder
 from s12mae.evaluation.saved_model import load_eval_model
 from s12mae.inference.predict import NODATA_CLASS, PredictConfig, predict_scene
@@ -37,8 +37,8 @@ def _encoder(path, seed=0):
 
 
 def _evaluate(ckpt, out, task, folder, scenario="frozen"):
-    cfg = EvalConfig(task=task, scenario=scenario, checkpoint=ckpt, out_dir=str(out), steps=2, batch_size=2,
-                     seed=0, progress=False, num_plot=0, head=HeadConfig(decoder="vitlite_128d2b"),
+    cfg = EvalConfig(task=task, scenario=scenario, checkpoint=ckpt, out_dir=str(out),
+                     fit=FitConfig(steps=2, batch_size=2), seed=0, progress=False, num_plot=0,
                      data=EvalDataConfig(source="real", path=str(folder)))
     run_evaluation(cfg)
     return out

@@ -29,10 +29,12 @@ SIZE_OPTIONS: dict[str, list[str]] = {
     "simulate": ["--sim.num_samples", "16"],
     "pretrain": ["--train.steps", "2", "--train.batch_size", "4", "--train.checkpoint_every", "2",
                  "--train.progress", "false", "--data.simulated.num_samples", "16"],
-    "evaluate": ["--steps", "2", "--data.num_train", "8", "--data.num_test", "4", "--progress", "false"],
-    "table": ["--steps", "2", "--seeds", "[0]", "--scenarios", "[frozen]", "--tasks", "[sen1floods11]",
-              "--data", "{num_train: 8, num_test: 4}", "--progress", "false"],
-    "demo": ["--steps", "2", "--num_samples", "16", "--eval_steps", "2"],
+    "evaluate": ["--fit.steps", "2", "--data.num_train", "8", "--data.num_val", "4", "--data.num_test", "4",
+                 "--progress", "false"],
+    "table": ["--run.fit.steps", "2", "--seeds", "[0]", "--scenarios", "[frozen]", "--tasks", "[sen1floods11]",
+              "--run.data.num_train", "8", "--run.data.num_val", "4", "--run.data.num_test", "4",
+              "--run.progress", "false"],
+    "demo": ["--steps", "2", "--num_samples", "16", "--eval_steps", "2", "--eval_scenes", "12"],
 }
 SKIP_PREFIXES = ("python3 -m venv",)
 

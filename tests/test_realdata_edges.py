@@ -75,10 +75,11 @@ def test_bigearthnet_without_georeferencing_goes_through_evaluate(tmp_path, stri
     save_encoder(build_encoder("vit_nano_patch16", {"s2_l1c": 13}, 128), enc, cfg)
     out = tmp_path / "eval"
     assert main(["evaluate", "--task", "bigearthnet", "--checkpoint", str(enc), "--out_dir", str(out),
-                 "--steps", "1", "--batch_size", "2", "--num_plot", "0", "--head.decoder", "vitlite_128d2b",
+                 "--fit.steps", "1", "--fit.batch_size", "2", "--num_plot", "0",
                  "--data.source", "real", "--data.path", str(stripped_ben), "--progress", "false"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["task"]["train_samples"] == 6 and metrics["headline"]["value"] is not None
+    assert metrics["task"]["train_samples"] + metrics["task"]["val_samples"] == 6  # every patch read, 1 held out
+    assert metrics["headline"]["value"] is not None
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -217,7 +218,7 @@ def test_stats_default_to_the_training_split_and_shards_choose_splits(tmp_path, 
 
 
 def test_evaluation_records_the_statistics_each_input_sensor_used(tmp_path):
-    from s12mae.evaluation import EvalConfig, EvalDataConfig, HeadConfig, run_evaluation
+    from s12mae.evaluation import EvalConfig, EvalDataConfig, FitConfig, run_evaluation
     from s12mae.export import save_encoder
     from s12mae.models.vit import build_encoder
     from s12mae.sensors import get_sensor, write_stats
@@ -228,8 +229,8 @@ def test_evaluation_records_the_statistics_each_input_sensor_used(tmp_path):
     cfg = SimpleNamespace(model=SimpleNamespace(encoder="vit_nano_patch16", img_size=128), method="mae",
                           data=SimpleNamespace(stats=str(stats)))
     save_encoder(build_encoder("vit_nano_patch16", {"s2_l1c": 13}, 128), enc, cfg)
-    common = {"scenario": "frozen", "checkpoint": str(enc), "steps": 1, "batch_size": 2, "threads": 1,
-              "progress": False, "num_plot": 0, "device": "cpu", "head": HeadConfig(decoder="vitlite_128d2b")}
+    common = {"scenario": "frozen", "checkpoint": str(enc), "fit": FitConfig(steps=1, batch_size=2),
+              "threads": 1, "progress": False, "num_plot": 0, "device": "cpu"}
     # L1C-pretrained encoder on the L2A task: the encoder's file has no s2_l2a, L2A falls back
     l2a = run_evaluation(EvalConfig(task="bigearthnet", out_dir=str(tmp_path / "l2a"), **common,
                                     data=EvalDataConfig(source="real", path=str(shared("bigearthnet-v1-example")))))
@@ -239,7 +240,7 @@ def test_evaluation_records_the_statistics_each_input_sensor_used(tmp_path):
     assert saved["stats"] == l2a["stats"]
     # the L1C task does use the encoder's statistics
     l1c = run_evaluation(EvalConfig(task="srseg", out_dir=str(tmp_path / "l1c"), **common,
-                                    data=EvalDataConfig(img_size=32, num_train=4, num_test=2)))
+                                    data=EvalDataConfig(img_size=32, num_train=4, num_val=2, num_test=2)))
     assert l1c["stats"] == {"s2_l1c": {"file": str(tmp_path / "l1c" / "encoder_stats.json"), "sensor": "s2_l1c"}}
 
 

@@ -44,7 +44,7 @@ def demo_config(method: str = "mae", out_dir: str | None = None, data_path: str 
 
 
 def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None,
-             eval_steps: int | None = None) -> dict[str, object]:
+             eval_steps: int | None = None, eval_scenes: int | None = None) -> dict[str, object]:
     """Simulate data, pretrain each method, evaluate the frozen encoders; write ``summary.json``.
 
     Args:
@@ -53,6 +53,8 @@ def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None
         num_samples: simulated scenes (default: the recipe's).
         eval_steps: head-training steps per downstream task (default: the evaluation's,
             :class:`s12mae.evaluation.FitConfig`).
+        eval_scenes: training scenes per downstream task (default 192); validation and test
+            get a third as many each.
     """
     from s12mae.train.loop import pretrain
 
@@ -91,7 +93,7 @@ def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None
         }
         print(f"[{time.perf_counter() - t0:5.1f}s] {method}: {_loss_summary(hist)} in {len(hist)} steps; "
               f"pictures and metrics in {result.run_dir}", flush=True)
-    summary["table"] = str(_demo_table(out, recipe, stats_path, eval_steps))
+    summary["table"] = str(_demo_table(out, recipe, stats_path, eval_steps, eval_scenes or 192))
     print(f"[{time.perf_counter() - t0:5.1f}s] frozen-encoder table on simulated tasks "
           f"(a smoke check, not results):\n{(out / 'table' / 'table.md').read_text()}", flush=True)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -100,7 +102,8 @@ def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None
     return summary
 
 
-def _demo_table(out: Path, recipe: PretrainConfig, stats_path: Path, eval_steps: int | None) -> Path:
+def _demo_table(out: Path, recipe: PretrainConfig, stats_path: Path, eval_steps: int | None,
+                eval_scenes: int) -> Path:
     """Frozen-only Table 2 on simulated tasks (new scenes, separate seeds), one seed: a smoke check.
 
     Rows: the three pretrained encoders, then the ``pixels`` and ``random init`` baselines, and
@@ -112,8 +115,9 @@ def _demo_table(out: Path, recipe: PretrainConfig, stats_path: Path, eval_steps:
 
     fit = FitConfig() if eval_steps is None else FitConfig(steps=eval_steps)
     run = EvalConfig(random_encoder=recipe.model.encoder, head=HeadConfig(),
-                     data=EvalDataConfig(img_size=recipe.model.img_size, stats=str(stats_path), num_train=192,
-                                         num_val=64, num_test=64),
+                     data=EvalDataConfig(img_size=recipe.model.img_size, stats=str(stats_path),
+                                         num_train=eval_scenes, num_val=max(eval_scenes // 3, 2),
+                                         num_test=max(eval_scenes // 3, 2)),
                      fit=fit, threads=2, progress=False)
     checkpoints = {m: str(out / m / "encoder.safetensors") for m in DEMO_METHODS}
     table(TableConfig(checkpoints=checkpoints, scenarios=["frozen"], seeds=[0], out_dir=str(out / "table"), run=run))

@@ -23,7 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsin
 
 from s12mae.cli import commands as c
 from s12mae.config import MOVED_KEYS, PretrainConfig, check_moved_keys
-from s12mae.evaluation import EvalConfig, table
+from s12mae.evaluation import EvalConfig, TableConfig, table
 from s12mae.export import ExportConfig, export_encoder
 from s12mae.inference.embed import EmbedConfig, embed_scene
 from s12mae.inference.predict import PredictConfig, predict_scene
@@ -66,7 +66,7 @@ COMMANDS: dict[str, Command] = {cmd.name: cmd for cmd in (
     Command("evaluate", "Train a new head on a pretrained encoder (frozen or finetuned) and score it.",
             EvalConfig, c.evaluate, config_file=True),
     Command("table", "Table 2: methods x scenarios x tasks x seeds, mean +- std, Markdown and CSV.",
-            table, config_file=True),
+            TableConfig, table, config_file=True),
     Command("export", "Export an encoder for timm, the Hugging Face Hub or PANGAEA (weights, config, model card).",
             ExportConfig, export_encoder, config_file=True),
     Command("embed", "Patch embeddings of a whole scene (GeoTIFF, Zarr, or one vector per tile to Parquet).",

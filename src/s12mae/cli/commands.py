@@ -294,10 +294,14 @@ class DemoCommand:
     num_samples: int | None = None
     """Simulated scenes (``None``: the recipe's)."""
     eval_steps: int | None = None
-    """Head-training steps per downstream task (``None``: 60)."""
+    """Head-training steps per downstream task (``None``: the evaluation's default)."""
+    eval_scenes: int | None = None
+    """Training scenes per downstream task; validation and test get a third as many each
+    (``None``: 192)."""
 
 
 def demo(cfg: DemoCommand) -> None:
     from s12mae.demo import run_demo
 
-    run_demo(Path(cfg.out), steps=cfg.steps, num_samples=cfg.num_samples, eval_steps=cfg.eval_steps)
+    run_demo(Path(cfg.out), steps=cfg.steps, num_samples=cfg.num_samples, eval_steps=cfg.eval_steps,
+             eval_scenes=cfg.eval_scenes)
