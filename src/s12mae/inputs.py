@@ -169,7 +169,8 @@ def _finite_for(dtype: torch.dtype, spec: SensorSpec) -> bool:
 
 
 _CPU_CHUNK = 1 << 17
-"""Elements per chunk on a CPU (ours, measured: 2^16-2^18 run alike; the whole batch ~2x slower)."""
+"""Elements per chunk on a CPU (ours, measured on a 2-core EPYC, 1 MB L2 a core: 2^17-2^18 run
+alike, 2^15 ~1.5x and a whole 32-sample batch ~2.5x slower)."""
 
 
 def _nodata_message(key: str, ok: torch.Tensor, where: str,
