@@ -112,3 +112,12 @@ def test_the_error_names_the_samples_with_invalid_values():
     raw[2, 1, 0, 0] = 0
     with pytest.raises(ValueError, match=r"^b: sample\(s\) \[12\] have 1 nodata/non-finite value\(s\) in s2_l2a"):
         model_inputs(S2, raw, where="b", names=torch.tensor([10, 11, 12]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_same_bits_as_the_reference_on_cuda():
+    """On a GPU the batch is one chunk; the reference runs there too (same kernels, same bits)."""
+    for spec, dtype in [(S2_OFFSET, torch.int16), (S2, torch.uint16), (S1, torch.float16), (S1_NODATA, torch.float32)]:
+        raw = stored(spec, dtype, (4, spec.num_channels, 16, 16), seed=5).cuda()
+        valid = (torch.rand(raw.shape, generator=torch.Generator().manual_seed(5)) > 0.1).cuda()
+        assert_same_bits(spec, raw, valid, "mask")
