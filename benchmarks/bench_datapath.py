@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -123,14 +124,17 @@ def main() -> None:
         readers = {**({"torchgeo BigEarthNet(bands='all'), per file": tg} if tg else {}),
                    **shard_readers(tmp_path / "shards", args.batch)}
         rates: dict[str, list[float]] = {name: [] for name in readers}
+        load = [os.getloadavg()[0]]
         for r in range(args.rounds):
             for name in readers if r % 2 == 0 else list(readers)[::-1]:
                 n = args.torchgeo_samples if name.startswith("torchgeo") else args.samples
                 t0 = time.perf_counter()
                 done = readers[name](n)
                 rates[name].append(done / (time.perf_counter() - t0))
+            load.append(os.getloadavg()[0])
     print(f"# BigEarthNet v1 example: {len(base)} pairs x {args.repeat} in shards (S2 L2A int16, S1 {args.s1_dtype}), "
-          f"120 px; {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread; {tg_note}")
+          f"120 px; {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread; {tg_note}; "
+          f"1-min load average {min(load):.1f}-{max(load):.1f} over the rounds")
     print("| reader | samples/s (median of rounds) | / torchgeo |")
     print("|---|---|---|")
     ref = statistics.median(next(iter(rates.values()))) if tg else None
