@@ -32,6 +32,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "PretrainConfig",
+    "ProbeConfig",
     "ScheduleConfig",
     "TrainConfig",
     "check_moved_keys",
@@ -214,6 +215,40 @@ class ScheduleConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The periodic frozen probe of ``train.probe_every``: a small fixed labelled set (ours)."""
+
+    task: str = "sen1floods11"
+    """Downstream task (``sen1floods11``, ``bigearthnet``, ``srseg``), as ``s12mae evaluate``'s."""
+    kind: Literal["linear", "knn"] = "linear"
+    """``linear``: the closed-form ridge probe of ``s12mae evaluate`` (lambda picked on the
+    validation split); ``knn``: the mean target of the ``k`` nearest training rows (cosine)."""
+    k: int = 10
+    """Neighbours of the ``knn`` probe."""
+    source: str = "simulated"
+    """Task data source, as the evaluation's ``data.source`` (``simulated`` or ``real``)."""
+    path: str | None = None
+    """Dataset folder of the task (``real``: the Sen1Floods11 / BigEarthNet layout); ``None``
+    simulates in memory."""
+    num_train: int = 64
+    """Samples the probe is fitted on (simulated: scenes simulated; real: the first of the split)."""
+    num_val: int = 32
+    """Samples that pick the ridge penalty (validation split, or held out of train)."""
+    num_test: int = 32
+    """Samples the logged score is computed on."""
+    img_size: int | None = None
+    """Simulated scenes' side in pixels; ``None`` = ``model.img_size``."""
+    batch_size: int = 32
+    """Samples per encoder forward while the probe computes features."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "num_train", "num_val", "num_test", "batch_size"):
+            _check(getattr(self, name) >= 1, f"train.probe.{name}: must be >= 1, got {getattr(self, name)}")
+        _check(self.img_size is None or self.img_size >= 4, f"train.probe.img_size: must be >= 4, got {self.img_size}")
+        _check(self.kind in ("linear", "knn"), f"train.probe.kind: must be 'linear' or 'knn', got {self.kind!r}")
+
+
+@dataclass
 class TrainConfig:
     """The training loop."""
 
@@ -256,6 +291,11 @@ class TrainConfig:
     eval_every: int = 0
     """Held-out reconstruction loss of every task every this many steps (and at the last step) on
     the ``data.val_samples`` held-out samples; 0 = never (ours)."""
+    probe_every: int = 0
+    """Frozen probe of the current encoder on ``probe``'s small labelled set every this many steps
+    (and at the last step), on rank 0; logged and plotted (``probe_curve.png``); 0 = never (ours)."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Task, kind and sizes of the periodic frozen probe (read with ``probe_every > 0``)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.logger) - {"jsonl", "tensorboard", "wandb"})
@@ -264,6 +304,10 @@ class TrainConfig:
         _check(not (self.eval_every and self.parallel == "fsdp"),
                "train.eval_every: the held-out loss runs on rank 0 alone, which an FSDP-sharded model "
                "cannot do; use train.parallel=ddp or train.eval_every=0")
+        _check(self.probe_every >= 0, f"train.probe_every: must be >= 0, got {self.probe_every}")
+        _check(not (self.probe_every and self.parallel == "fsdp"),
+               "train.probe_every: the frozen probe runs on rank 0 alone, which an FSDP-sharded model "
+               "cannot do; use train.parallel=ddp or train.probe_every=0")
         _check(self.steps > 0, f"train.steps: must be > 0, got {self.steps}")
         _check(self.batch_size > 0, f"train.batch_size: must be > 0, got {self.batch_size}")
         _check(

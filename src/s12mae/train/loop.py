@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from s12mae.config import PretrainConfig, upgrade_saved_config
+from s12mae.config import PretrainConfig, ProbeConfig, upgrade_saved_config
 from s12mae.data import (
     ArrayDataset,
     available_rows,
@@ -57,11 +57,12 @@ from s12mae.train.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from s12mae.train.heldout import held_out_losses, split_held_out
-from s12mae.train.loggers import Sinks, open_sinks
 from s12mae.train.checks import EmptyTargets
 from s12mae.train.datastats import simulated_arrays, with_data_statistics
+from s12mae.train.heldout import held_out_losses, split_held_out
+from s12mae.train.loggers import Sinks, open_sinks
 from s12mae.train.optim import build_optimizer, lr_at
+from s12mae.train.probe import FrozenProbe, plot_probe_curve
 from s12mae.train.ranks import RankErrors
 from s12mae.train.rundir import RunFolder, step_seed
 from s12mae.train.schedule import TaskSchedule
@@ -296,7 +297,8 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
 # folder the saved config was read from: relative, with a trailing slash or moved, it is the same run.
 _RESUME_MAY_CHANGE = {"train.steps", "train.progress", "train.threads", "train.log_every",
                       "train.checkpoint_every", "train.device", "data.num_workers", "train.logger",
-                      "train.eval_every", "train.out_dir", "train.compile", "train.grad_checkpointing"}
+                      "train.eval_every", "train.out_dir", "train.compile", "train.grad_checkpointing",
+                      "train.probe_every", *(f"train.probe.{f.name}" for f in fields(ProbeConfig))}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -414,6 +416,11 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
         history = _trim_metrics(metrics_path, start)
         sinks = open_sinks(cfg.train.logger, run_dir, asked.to_dict(), start)  # the config as given, like config.yaml
     val_cache: dict[str, list] = {}
+    probe = None
+    with errors.caught():  # a probe task that cannot be built stops every rank before the first step
+        if d.rank == 0 and cfg.train.probe_every:
+            probe = FrozenProbe(cfg.train.probe, cfg.data.stats, cfg.model.img_size, d.device, autocast)
+    errors.raise_if_any()
     this_run: list[dict[str, Any]] = []
     show = cfg.train.progress and d.rank == 0
     interactive = show and sys.stderr.isatty()
@@ -487,6 +494,11 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(val_record) + "\n")
                 sinks.log(val_record)
+        if probe is not None and (done % cfg.train.probe_every == 0 or done == cfg.train.steps):
+            probe_record = probe(method, step)
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(probe_record) + "\n")
+            sinks.log(probe_record)
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
             loop_state = {"rng_cpu": torch.get_rng_state(), "method": cfg.method}
             with errors.caught():  # a full disk on rank 0 stops every rank
@@ -507,11 +519,12 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
 
 def _finish(run_dir: Path, cfg: PretrainConfig, method: Any, data: dict[str, _TaskData],
             step: int, device: torch.device) -> None:
-    """Loss curve, reconstruction pictures and the exported encoder."""
+    """Loss curve, probe curve (if probed), reconstruction pictures and the exported encoder."""
     from s12mae.export import save_encoder
     from s12mae.viz import plot_loss_curve, plot_reconstructions
 
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+    plot_probe_curve(run_dir / "metrics.jsonl", run_dir / "probe_curve.png")  # only if probes were logged
     method.eval()
     for task, td in data.items():
         batch = td.prepare(td.preview(4), device)
