@@ -180,11 +180,13 @@ class Resources:
 
 
 def _search(
-    s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, res: Resources, timings: dict[str, float]
+    s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, res: Resources, timings: dict[str, float],
+    con: Any = None,
 ) -> tuple[Candidates, Candidates | None]:
     """The best S1 of every S2 within ``max_days``, and the nearest one (within ``nearest_days``)
-    of the S2 items left without."""
-    con = connect(res.threads, res.memory_limit, res.temp_directory)
+    of the S2 items left without (on ``con``, else on a connection of its own)."""
+    own = con is None
+    con = connect(res.threads, res.memory_limit, res.temp_directory) if own else con
     try:
         t = _time.perf_counter()
         best = best_candidates(con, s2, s1, rule.query(s2_placed, rule.max_days), res.partition_days)
@@ -196,7 +198,8 @@ def _search(
             near = best_candidates(con, s2, s1, rule.query(lone & s2_placed, rule.nearest_days), res.partition_days)
         timings["nearest_s"] = _time.perf_counter() - t
     finally:
-        con.close()
+        if own:
+            con.close()
     return best, near
 
 
@@ -283,12 +286,12 @@ class Found:
 
 
 def pair_items(s2_items: Items, s1_items: Items, rule: _Rule, resources: Resources,
-               timings: dict[str, float]) -> Found:
+               timings: dict[str, float], con: Any = None) -> Found:
     """The pairing of two loaded item tables (the core of :func:`pair`; ``timings`` gains the
-    search's stages)."""
+    search's stages; ``con``: a DuckDB connection to reuse)."""
     _share_location_codes(s2_items, s1_items)
     s2_placed, s1_usable = _placeable(s2_items, s1_items, rule.match)
-    best, near = _search(s2_items, s1_items, s2_placed, rule, resources, timings)
+    best, near = _search(s2_items, s1_items, s2_placed, rule, resources, timings, con)
     lone = np.flatnonzero(_unpaired(len(s2_items), best))
     unplaced = "no_location" if rule.match == "location" else "no_footprint"
     stats: dict[str, Any] = pair_stats(s2_items, s1_items, best, lone, s2_placed, s1_usable)

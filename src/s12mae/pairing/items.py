@@ -83,6 +83,28 @@ class Items(Footprints):
         return len(self.t_us)
 
 
+def concat_items(parts: Sequence[Items], source: str) -> Items:
+    """Item tables one after the other (rows of ``parts[1]`` follow those of ``parts[0]``, ...);
+    ids are not checked across parts and location codes are left to ``pair``."""
+    offsets = np.cumsum([0, *(len(p) for p in parts[:-1])])
+    return Items(
+        has_geom=np.concatenate([p.has_geom for p in parts]),
+        rect=np.concatenate([p.rect for p in parts]),
+        area=np.concatenate([p.area for p in parts]),
+        geom=np.concatenate([p.geom for p in parts]),
+        part_item=np.concatenate([p.part_item + o for p, o in zip(parts, offsets, strict=True)]),
+        part_box=np.concatenate([p.part_box for p in parts]).reshape(-1, 4),
+        bbox=np.concatenate([p.bbox for p in parts]).reshape(-1, 4),
+        single=np.concatenate([p.single for p in parts]),
+        source=source,
+        ids=pa.concat_arrays([p.ids for p in parts]),
+        t_us=np.concatenate([p.t_us for p in parts]),
+        path=pa.concat_arrays([p.path for p in parts]),
+        location=pa.concat_arrays([p.location for p in parts]),
+        family=pa.concat_arrays([p.family for p in parts]),
+    )
+
+
 def _build_items(
     source: str,
     ids: pa.Array,

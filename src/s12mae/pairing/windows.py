@@ -47,6 +47,7 @@ from s12mae.pairing.items import (
     _col,
     _keep_family,
     _table_family,
+    concat_items,
     items_from_table,
     loading,
 )
@@ -169,18 +170,15 @@ class _Window:
         return f"time window {day(self.start)} .. {day(self.end)}"
 
 
-def _read(side: _Side, files: list[Path], lo: int, hi: int, where: str) -> tuple[Items | None, np.ndarray]:
-    """The items of ``files`` with times in ``[lo, hi]`` (and their rows in the input file)."""
-    if not files:
-        return None, np.zeros(0, np.int64)
-    tab = pa.concat_tables([pq.read_table(f) for f in files])
+def _read(side: _Side, file: Path, lo: int, hi: int, where: str) -> tuple[Items | None, np.ndarray]:
+    """The items of window file ``file`` with times in ``[lo, hi)`` (and their rows in the input)."""
+    tab = pq.read_table(file)
     t = times_to_us(tab.column(side.time_col), where, tab.column(side.id_col).combine_chunks())
-    tab = tab.filter(pa.array((t >= lo) & (t <= hi)))
+    tab = tab.filter(pa.array((t >= lo) & (t < hi)))
     if not tab.num_rows:
         return None, np.zeros(0, np.int64)
     rows = tab.column(_ROW).to_numpy()
-    items = loading(where, lambda: items_from_table(tab, where, side.path.parent, side.family))
-    return items, rows
+    return loading(where, lambda: items_from_table(tab, where, side.path.parent, side.family)), rows
 
 
 class _Totals:
@@ -197,48 +195,69 @@ class _Totals:
                     "pairs_by_footprint"):
             self.stats[key] += int(window_stats[key])
 
-    def add_s1(self, s1: Items, own: np.ndarray, usable: np.ndarray) -> None:
-        self.stats["s1"] += int(own.sum())
-        self.stats["s1_no_footprint"] += int((own & ~s1.has_geom).sum())
-        self.stats["s1_ignored"] += int((own & ~usable).sum())
+    def add_s1(self, s1: Items, match: str) -> None:
+        """One S1 window file's items (each S1 item is in exactly one)."""
+        has_loc = s1.location.is_valid().to_numpy(zero_copy_only=False)
+        usable = {"footprint": s1.has_geom, "location": has_loc}.get(match, s1.has_geom | has_loc)
+        self.stats["s1"] += len(s1)
+        self.stats["s1_no_footprint"] += int((~s1.has_geom).sum())
+        self.stats["s1_ignored"] += int((~usable).sum())
 
 
-def _usable_alone(s1: Items, match: str) -> np.ndarray:
-    """The S1 items that can match anything under ``match`` (as :func:`s12mae.pairing._placeable`)."""
-    has_loc = s1.location.is_valid().to_numpy(zero_copy_only=False)
-    return {"footprint": s1.has_geom, "location": has_loc}.get(match, s1.has_geom | has_loc)
+class _S1Windows:
+    """The S1 window files parsed once each and kept while a later window still needs them."""
+
+    def __init__(self, side: _Side, files: dict[int, Path], width: int, t0: int, totals: _Totals,
+                 match: str) -> None:
+        self.side, self.files, self.width, self.t0 = side, files, width, t0
+        self.totals, self.match = totals, match
+        self.cache: dict[int, Items | None] = {}
+
+    def get(self, k: int) -> Items | None:
+        if k not in self.cache:
+            start = self.t0 + k * self.width
+            win = _Window(k, start, start + self.width, 0)
+            self.cache[k] = None
+            if k in self.files:
+                items, _ = _read(self.side, self.files[k], win.start, win.end, f"{self.side.path}, {win.name()}")
+                self.cache[k] = items
+                if items is not None:
+                    self.totals.add_s1(items, self.match)
+        return self.cache[k]
+
+    def around(self, win: _Window) -> Items | None:
+        """The S1 items of the window files that hold times within ``win.reach`` of ``win``."""
+        lo = win.k + math.floor(-win.reach / self.width)
+        hi = win.k + math.floor((self.width + win.reach) / self.width)
+        for k in [k for k in self.cache if k < lo]:
+            del self.cache[k]
+        parts = [items for k in range(lo, hi + 1) if (items := self.get(k)) is not None]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else concat_items(parts, f"{self.side.path}, around {win.name()}")
 
 
-def _pair_window(win: _Window, sides: tuple[_Side, _Side], files: tuple[dict[int, Path], dict[int, Path]],
-                 rule: Any, resources: Any, parts: Path, totals: _Totals, timings: dict[str, float]) -> None:
+def _pair_window(win: _Window, s2_side: _Side, s2_files: dict[int, Path], s1: _S1Windows, rule: Any,
+                 resources: Any, con: Any, parts: Path, totals: _Totals) -> None:
     from s12mae.pairing import pair_items
 
-    (s2_side, s1_side), (s2_files, s1_files) = sides, files
-    width = win.end - win.start
-    where2, where1 = f"{s2_side.path}, {win.name()}", f"{s1_side.path}, around {win.name()}"
-    s2, s2_rows = _read(s2_side, [s2_files[win.k]] if win.k in s2_files else [], win.start, win.end - 1, where2)
-    reach = win.reach if s2 is not None else 0
-    lo_k, hi_k = win.k + math.floor(-reach / width), win.k + math.floor((width + reach) / width)
-    s1_list = [s1_files[j] for j in range(lo_k, hi_k + 1) if j in s1_files]
-    s1, _ = _read(s1_side, s1_list, win.start - reach, win.end + reach, where1)
-    if s1 is not None:
-        own = (s1.t_us >= win.start) & (s1.t_us < win.end)
-        if s2 is None:
-            totals.add_s1(s1, own, _usable_alone(s1, rule.match))
+    if win.k not in s2_files:
+        s1.get(win.k)  # counted in the statistics even where no S2 item is near
+        return
+    s2, s2_rows = _read(s2_side, s2_files[win.k], win.start, win.end, f"{s2_side.path}, {win.name()}")
+    s1_items = s1.around(win)
     if s2 is None:
         return
-    if s1 is None:  # nothing to pair with: an empty S1 side with the right columns
-        empty = pq.read_table(s1_files[next(iter(s1_files))]).slice(0, 0) if s1_files else None
-        if empty is None:
-            raise ValueError(f"{s1_side.path}: holds no S1 items")
-        s1 = items_from_table(empty, where1, s1_side.path.parent)
-        own = np.zeros(0, bool)
-    found = pair_items(s2, s1, rule, resources, timings)
+    if s1_items is None:  # nothing to pair with: an empty S1 side with the right columns
+        some = next(iter(s1.files.values()))
+        s1_items = items_from_table(pq.read_table(some).slice(0, 0), str(s1.side.path), s1.side.path.parent)
+    found = pair_items(s2, s1_items, rule, resources, {}, con)
     totals.add_s2(found.result.stats)
-    totals.add_s1(s1, own, found.s1_usable)
     res = found.result
-    pq.write_table(res.pairs.append_column(_ROW, pa.array(s2_rows[found.pair_s2])), parts / f"pairs-{win.k:06d}.parquet")
-    pq.write_table(res.s2_only.append_column(_ROW, pa.array(s2_rows[found.lone])), parts / f"s2_only-{win.k:06d}.parquet")
+    pq.write_table(res.pairs.append_column(_ROW, pa.array(s2_rows[found.pair_s2])),
+                   parts / f"pairs-{win.k:06d}.parquet")
+    pq.write_table(res.s2_only.append_column(_ROW, pa.array(s2_rows[found.lone])),
+                   parts / f"s2_only-{win.k:06d}.parquet")
 
 
 def _merge(con: Any, parts: Path, name: str, schema: pa.Schema, target: Path) -> None:
@@ -292,6 +311,8 @@ def pair_files(s2: Any, s1: Any, out: Any, rule: Any, resources: Any, batch_rows
         raise ValueError(f"{empty.path}: holds no rows")
     t0, t1 = min(r[0] for r in ranges), max(r[1] for r in ranges)
     timings: dict[str, float] = {"scan_s": _time.perf_counter() - t_start}
+    if resources.temp_directory is not None:
+        Path(resources.temp_directory).mkdir(parents=True, exist_ok=True)
     con = connect(resources.threads, resources.memory_limit, resources.temp_directory)
     with contextlib.ExitStack() as stack:
         stack.callback(con.close)
@@ -306,12 +327,13 @@ def pair_files(s2: Any, s1: Any, out: Any, rule: Any, resources: Any, batch_rows
         timings["split_s"] = _time.perf_counter() - t
         log.info("split into %d-day windows in %.0f s", resources.partition_days, timings["split_s"])
         t = _time.perf_counter()
-        totals, search_timings = _Totals(), {}
+        totals = _Totals()
+        s1_windows = _S1Windows(sides[1], files[1], width, t0, totals, rule.match)
         reach = round(rule.reach_days * US_PER_DAY)
         n = (t1 - t0) // width + 1
         for k in range(n):
             win = _Window(k, t0 + k * width, t0 + (k + 1) * width, reach)
-            _pair_window(win, sides, files, rule, resources, scratch, totals, search_timings)
+            _pair_window(win, sides[0], files[0], s1_windows, rule, resources, con, scratch, totals)
             log.info("window %d of %d done (%s); %d S2 rows so far, %.0f s", k + 1, n, win.name(),
                      totals.stats["s2"], _time.perf_counter() - t)
             if on_window is not None:
