@@ -441,6 +441,11 @@ def stage(location: str | os.PathLike[str], cache: str | os.PathLike[str],
 # -- rasters (COG windowed reads through GDAL's virtual file systems) ------------------------
 
 
+RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "1"}
+"""GDAL's retries of a COG request answered 429/5xx, and the first wait in seconds (GDAL doubles
+it on each retry, with jitter) (ours); the environment variables of these names override them."""
+
+
 def rasterio_path(location: str | os.PathLike[str]) -> str:
     """The name rasterio opens for ``location``: local paths as they are; ``s3://``, ``gs://``,
     ``az://`` and ``http(s)://`` URLs as they are (rasterio maps them to ``/vsis3/``, ``/vsigs/``,
@@ -460,7 +465,8 @@ def rasterio_env(location: str | os.PathLike[str] | None = None, **gdal_options:
     """A ``rasterio.Env`` for reading COGs at ``location`` with windowed (byte-range) reads.
 
     Sets GDAL's options for cloud reads (no directory listing on open, retries with backoff on
-    HTTP 429/5xx) and, for ``s3://``, an AWS session from boto3's credential chain with the
+    HTTP 429/5xx: :data:`RETRY_DEFAULTS`, each overridden by the environment variable of its
+    name) and, for ``s3://``, an AWS session from boto3's credential chain with the
     endpoint of :func:`s3_endpoint` (``AWS_S3_ENDPOINT``; ``AWS_HTTPS=NO`` for an ``http://``
     endpoint; path-style addressing, ``AWS_VIRTUAL_HOSTING=FALSE``, for any custom endpoint) and
     requester pays from ``AWS_REQUEST_PAYER``. ``gdal_options`` override.
@@ -469,8 +475,7 @@ def rasterio_env(location: str | os.PathLike[str] | None = None, **gdal_options:
 
     options: dict[str, Any] = {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        "GDAL_HTTP_MAX_RETRY": 5,
-        "GDAL_HTTP_RETRY_DELAY": 1,
+        **{key: os.environ.get(key, default) for key, default in RETRY_DEFAULTS.items()},
         "VSI_CACHE": "TRUE",
     }
     session = None
@@ -529,4 +534,9 @@ def _raster_reason(location: str | os.PathLike[str], err: Exception) -> str:
         return f"{where}: access denied ({text}); {_CREDENTIALS_HINT}"
     if any(s in low for s in ("404", "no such file", "does not exist", "not found", "nosuchkey")):
         return f"{where}: not found ({text})"
+    if any(s in low for s in ("429", "503", "slow down", "slowdown", "too many requests", "throttl",
+                              "reduce your request rate")):
+        retries = os.environ.get("GDAL_HTTP_MAX_RETRY", RETRY_DEFAULTS["GDAL_HTTP_MAX_RETRY"])
+        return (f"{where}: the server kept refusing with throttling after {retries} retries with backoff "
+                f"({text}); retry later, or raise GDAL_HTTP_MAX_RETRY / GDAL_HTTP_RETRY_DELAY")
     return f"{where}: cannot open it as a raster ({text})"
