@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from fixtures_servers import s1_item, s2_item
+from throttling import Throttle
 
 from s12mae.cli import main
 from s12mae.layouts import PairFolder
@@ -121,12 +122,12 @@ def test_missing_throttled_and_unreachable_assets_name_the_item(archive, stac_se
     b03 = json.loads(folder.rows[new][1]["s2_assets"])["B03"].split("/", 3)[3]
 
     # throttled twice, then served: the retries absorb it
-    throttle = _Throttle(s3.server, f"/{s3.name}/{b03}", times=2)
+    throttle = Throttle(s3.server, f"/{s3.name}/{b03}", times=2)
     with throttle:
         assert folder[new]["s2_l1c"].shape == (13, SIZE, SIZE)
     assert throttle.refused == 2
     # throttled for good: one error naming the item, the file and the retries
-    with _Throttle(s3.server, f"/{s3.name}/{b03}", times=100), pytest.raises(ValueError) as err:
+    with Throttle(s3.server, f"/{s3.name}/{b03}", times=100), pytest.raises(ValueError) as err:
         folder[new]
     msg = str(err.value)
     assert "s2_id S2A_new" in msg and b03 in msg and "throttling after 2 retries with backoff" in msg, msg
@@ -139,37 +140,17 @@ def test_missing_throttled_and_unreachable_assets_name_the_item(archive, stac_se
                  *SHARDS, "--skip_bad", "true"]) == 0
     chips = list(read_samples(tmp_path / "set"))
     assert {c["meta"]["pair"]["s2_id"] for c in chips} == {"S2A_old"}
+    # refused credentials: access denied, naming the item, never the secret
+    old = order.index("S2A_old")
+    s3.server.enforce_auth(True)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "refused-secret-Wq7/never-printed")
+    with pytest.raises(ValueError) as err:
+        folder[old]
+    msg = str(err.value)
+    assert "s2_id S2A_old" in msg and "access denied" in msg and "never-printed" not in msg, msg
+    s3.server.enforce_auth(False)
     # an unreachable endpoint
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     with pytest.raises(ValueError, match=r"s2_id S2A_old.*s3://"):
-        folder[order.index("S2A_old")]
-
-
-class _Throttle:
-    """While active, the S3 endpoint answers ``503 SlowDown`` to the first ``times`` requests for
-    ``path`` (S3's throttling answer)."""
-
-    BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-            b"<Message>Please reduce your request rate.</Message></Error>")
-
-    def __init__(self, server, path: str, times: int) -> None:
-        self.server, self.path, self.left, self.refused = server, path, times, 0
-
-    def __enter__(self) -> _Throttle:
-        httpd = self.server._httpd
-        self.app = httpd.app
-
-        def app(environ, start_response):
-            if environ.get("PATH_INFO") == self.path and self.left > 0:
-                self.left -= 1
-                self.refused += 1
-                start_response("503 Slow Down", [("Content-Type", "application/xml"),
-                                                 ("Content-Length", str(len(self.BODY)))])
-                return [self.BODY]
-            return self.app(environ, start_response)
-
-        httpd.app = app
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server._httpd.app = self.app
+        folder[old]

@@ -100,6 +100,10 @@ _UNREACHABLE = {
 }
 
 
+_THROTTLED = re.compile(r"slow ?down|reduce your request rate|throttl|too many requests|service unavailable",
+                        re.IGNORECASE)
+
+
 class StorageError(ValueError):
     """A location cannot be read or written; the message names it (redacted) and the reason."""
 
@@ -195,6 +199,10 @@ def _translated(location: str | os.PathLike[str], action: str) -> Iterator[None]
         if names & _UNREACHABLE:
             raise StorageError(f"{where}: endpoint unreachable while trying to {action} "
                                f"({redact(str(err))})") from None
+        if _THROTTLED.search(str(err)):
+            raise StorageError(f"{where}: throttled by the server while trying to {action} ({redact(str(err))}), "
+                               "still after the retries with backoff (botocore's AWS_MAX_ATTEMPTS tries, each "
+                               "retried by s3fs); retry later or raise AWS_MAX_ATTEMPTS") from None
         if isinstance(err, OSError):
             raise StorageError(f"{where}: cannot {action} ({redact(str(err))})") from None
         raise
