@@ -154,3 +154,13 @@ def test_missing_throttled_and_unreachable_assets_name_the_item(archive, stac_se
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     with pytest.raises(ValueError, match=r"s2_id S2A_old.*s3://"):
         folder[old]
+
+
+def test_refused_stac_credentials_are_one_clear_error(stac_server):
+    from s12mae.stac import StacError, search_stac
+
+    api = stac_server([])
+    api.fail("/search", [403])
+    with pytest.raises(StacError, match=r"STAC API http://127.0.0.1:\d+/search: access refused \(HTTP 403\)"):
+        search_stac(config(api.url))
+    assert len(api.searches()) == 1  # refused is not retried
