@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 
 class Throttle:
@@ -15,7 +15,7 @@ class Throttle:
     def __init__(self, server: Any, path: str, times: int) -> None:
         self.server, self.path, self.left, self.refused = server, path, times, 0
 
-    def __enter__(self) -> Throttle:
+    def __enter__(self) -> Self:
         httpd = self.server._httpd
         self.app = httpd.app
 

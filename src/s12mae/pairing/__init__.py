@@ -343,9 +343,9 @@ def pair_cli(
     Returns the statistics (counts, seconds).
     """
     s1 = s2 if s1 is None else s1
-    options = dict(max_days=max_days, min_overlap=min_overlap, match=match, nearest_days=nearest_days,
-                   cell_deg=cell_deg, threads=threads, partition_days=partition_days, memory_limit=memory_limit,
-                   temp_directory=temp_directory)
+    options = {"max_days": max_days, "min_overlap": min_overlap, "match": match, "nearest_days": nearest_days,
+               "cell_deg": cell_deg, "threads": threads, "partition_days": partition_days,
+               "memory_limit": memory_limit, "temp_directory": temp_directory}
     if partition_days is not None and windowed_inputs(s2, s1):
         rule = _Rule(max_days, min_overlap, match, nearest_days, cell_deg)
         resources = Resources(threads, partition_days, memory_limit, temp_directory)

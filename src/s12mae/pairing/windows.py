@@ -175,8 +175,8 @@ class _Window:
     reach: int
 
     def name(self) -> str:
-        day = lambda t: datetime.fromtimestamp(t / 1e6, UTC).isoformat(timespec="seconds")  # noqa: E731
-        return f"time window {day(self.start)} .. {day(self.end)}"
+        start, end = (datetime.fromtimestamp(t / 1e6, UTC).isoformat(timespec="seconds") for t in (self.start, self.end))
+        return f"time window {start} .. {end}"
 
 
 def _read(side: _Side, file: Path, lo: int, hi: int, where: str) -> tuple[Items | None, np.ndarray]:
