@@ -35,7 +35,9 @@ Missing geometry (our rule): an S2 item with no usable footprint can pair only t
 
 The package: :mod:`~s12mae.pairing.items` (inputs -> item tables), :mod:`~s12mae.pairing.geometry`
 (footprints, the antimeridian), :mod:`~s12mae.pairing.search` (the DuckDB candidate join, exact
-overlaps, the choice), :mod:`~s12mae.pairing.results` (output tables, statistics, files).
+overlaps, the choice), :mod:`~s12mae.pairing.results` (output tables, statistics, files),
+:mod:`~s12mae.pairing.windows` (two parquet indexes read and paired window by window: bounded
+memory at archive scale, the same files).
 """
 
 from __future__ import annotations
@@ -170,8 +172,11 @@ class Resources:
     """DuckDB threads (default: all cores)."""
     partition_days: float | None = None
     """Search the S2 items in time windows this many days wide, each against the S1 items near it
-    (``None``: all at once). Bounds the join's memory by one window's share; 30-90 days suits
-    archives of tens of millions of rows (ours)."""
+    (``None``: all at once). Bounds the join's memory by one window's share; ``pair_cli`` (``s12mae
+    pair``) with two parquet indexes also *reads* them window by window
+    (:mod:`~s12mae.pairing.windows`), so memory is bounded by one window (its S2 items and the S1
+    items within ``nearest_days`` of it), not the archive. 10-30 days suits archives of tens of
+    millions of rows (ours)."""
     memory_limit: str | None = None
     """DuckDB's memory limit, e.g. ``"4GB"`` (default: DuckDB's, 80 % of RAM)."""
     temp_directory: str | None = None
