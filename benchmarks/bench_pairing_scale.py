@@ -56,25 +56,31 @@ def _worker(args: argparse.Namespace) -> None:
 
     load_start = os.getloadavg()
     t = time.perf_counter()
-    stats = pair_cli(str(work / "s2.parquet"), str(work / "s1.parquet"), out=str(work / "out"),
+    inputs = Path(args.inputs or work)
+    stats = pair_cli(str(inputs / "s2.parquet"), str(inputs / "s1.parquet"), out=str(work / "out"),
                      threads=args.threads, quiet=True, partition_days=args.partition_days,
                      memory_limit=args.memory_limit, temp_directory=args.temp_dir or str(work / "spill"))
     wall = time.perf_counter() - t
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     vm_peak = next((int(line.split()[1]) / 2**20 for line in Path("/proc/self/status").read_text().splitlines()
                     if line.startswith("VmPeak:")), None)  # the address space that RLIMIT_AS caps, GiB
-    print(json.dumps({"wall_s": wall, "peak_rss_gb": peak_gb, "vm_peak_gb": vm_peak, "pairs": stats["pairs"], "s2_only": stats["s2_only"],
-                      "windows": stats.get("windows"), "seconds": stats["seconds"], "load_start": load_start,
+    print(json.dumps({"wall_s": wall, "peak_rss_gb": peak_gb, "vm_peak_gb": vm_peak, "pairs": stats["pairs"],
+                      "s2_only": stats["s2_only"], "windows": stats.get("windows"), "seconds": stats["seconds"], "load_start": load_start,
                       "load_end": os.getloadavg()}))
 
 
 def _run(n_s2: int, n_s1: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(dir=args.workroot) as tmp:
-        common = [sys.executable, __file__, "--workdir", tmp, "--n_s2", str(n_s2), "--n_s1", str(n_s1),
+        work = Path(args.keep_data) / f"{n_s2}x{n_s1}-seed{args.seed}" if args.keep_data else Path(tmp)
+        common = [sys.executable, __file__, "--workdir", str(work), "--n_s2", str(n_s2), "--n_s1", str(n_s1),
                   "--seed", str(args.seed), "--threads", str(args.threads), "--chunk_s1", str(args.chunk_s1)]
         t = time.perf_counter()
-        subprocess.run([*common, "--worker", "generate"], check=True)
-        print(json.dumps({"generated_s": round(time.perf_counter() - t, 1), "n_s2": n_s2, "n_s1": n_s1}), flush=True)
+        if not (work / "s1.parquet").is_file():
+            subprocess.run([*common, "--worker", "generate"], check=True)
+            print(json.dumps({"generated_s": round(time.perf_counter() - t, 1), "n_s2": n_s2, "n_s1": n_s1}),
+                  flush=True)
+        common[3] = tmp  # outputs and spill in the temporary folder
+        common += ["--inputs", str(work)]
         cap = ["--cap_gb", str(args.cap_gb)] if args.cap_gb else []
         cap += ["--partition_days", str(args.partition_days)] if args.partition_days else []
         cap += ["--memory_limit", args.memory_limit] if args.memory_limit else []
@@ -102,6 +108,8 @@ def main() -> None:
     ap.add_argument("--temp_dir", default=None, help="DuckDB spill folder (default: in the work folder)")
     ap.add_argument("--chunk_s1", type=int, default=3_000_000, help="generate in chunks of this many S1 rows")
     ap.add_argument("--log", default=None, help="keep the pairing process's log (progress per window) here")
+    ap.add_argument("--keep_data", default=None, help="keep the generated catalogues in this folder and reuse them")
+    ap.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workroot", default=None, help="where the temporary work folder goes (default: system tmp)")
     ap.add_argument("--worker", choices=["generate", "pair"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)

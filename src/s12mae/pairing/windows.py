@@ -50,6 +50,7 @@ from s12mae.pairing.items import (
     concat_items,
     items_from_table,
     loading,
+    out_of_memory,
 )
 from s12mae.pairing.results import PAIR_SCHEMA, S2_ONLY_SCHEMA, US_PER_DAY
 from s12mae.pairing.search import connect
@@ -342,7 +343,10 @@ def pair_files(s2: Any, s1: Any, out: Any, rule: Any, resources: Any, batch_rows
         n = (t1 - t0) // width + 1
         for k in range(n):
             win = _Window(k, t0 + k * width, t0 + (k + 1) * width, reach)
-            _pair_window(win, sides[0], files[0], s1_windows, rule, resources, con, scratch, totals)
+            try:
+                _pair_window(win, sides[0], files[0], s1_windows, rule, resources, con, scratch, totals)
+            except MemoryError as err:
+                raise out_of_memory(f"{sides[0].path} and {sides[1].path}, {win.name()}", None, err) from None
             log.info("window %d of %d done (%s); %d S2 rows so far, %.0f s", k + 1, n, win.name(),
                      totals.stats["s2"], _time.perf_counter() - t)
             if on_window is not None:
