@@ -61,10 +61,12 @@ def _worker(args: argparse.Namespace) -> None:
                      threads=args.threads, quiet=True, partition_days=args.partition_days,
                      memory_limit=args.memory_limit, temp_directory=args.temp_dir or str(work / "spill"))
     wall = time.perf_counter() - t
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_gb = usage.ru_maxrss / 2**20  # KiB on Linux
+    cpu_s = usage.ru_utime + usage.ru_stime  # with 1 thread: about the wall time on an idle core
     vm_peak = next((int(line.split()[1]) / 2**20 for line in Path("/proc/self/status").read_text().splitlines()
                     if line.startswith("VmPeak:")), None)  # the address space that RLIMIT_AS caps, GiB
-    print(json.dumps({"wall_s": wall, "peak_rss_gb": peak_gb, "vm_peak_gb": vm_peak, "pairs": stats["pairs"],
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu_s, "peak_rss_gb": peak_gb, "vm_peak_gb": vm_peak, "pairs": stats["pairs"],
                       "s2_only": stats["s2_only"], "windows": stats.get("windows"), "seconds": stats["seconds"], "load_start": load_start,
                       "load_end": os.getloadavg()}))
 
