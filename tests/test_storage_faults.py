@@ -1,5 +1,6 @@
-"""Object-storage faults through fsspec/s3fs: throttling is retried with backoff, then one error
-naming the location; an interrupted upload publishes nothing a reader accepts (localhost S3)."""
+"""Object-storage faults through fsspec/s3fs on the localhost S3 endpoint: throttling is retried
+with backoff, then one error naming the location (refused credentials, an unreachable endpoint and
+interrupted uploads are in test_storage.py)."""
 
 from __future__ import annotations
 

@@ -49,9 +49,11 @@ __all__ = [
     "is_url",
     "join",
     "list_files",
+    "open_dataset",
     "open_input",
     "open_raster",
     "protocol",
+    "raster_error",
     "rasterio_env",
     "rasterio_path",
     "read_bytes",
@@ -522,6 +524,24 @@ def open_raster(location: str | os.PathLike[str], **gdal_options: Any) -> Iterat
             raise StorageError(_raster_reason(location, err)) from None
         with ds:
             yield ds
+
+
+def open_dataset(location: str | os.PathLike[str]) -> Any:
+    """Open the raster at ``location`` (path or URL) in the caller's GDAL environment (for readers
+    that open several files inside one :func:`rasterio_env`); a failure is one
+    :class:`StorageError` naming the redacted location (see :func:`raster_error`)."""
+    from rasterio.errors import RasterioError
+
+    try:
+        return _open_dataset(location)
+    except RasterioError as err:
+        raise raster_error(location, err) from None
+
+
+def raster_error(location: str | os.PathLike[str], err: Exception, doing: str = "") -> StorageError:
+    """A GDAL error on ``location`` as one :class:`StorageError`: not found, access denied,
+    throttled, or unreadable (``doing`` prefixes the reason, e.g. ``"band 3: "``)."""
+    return StorageError(f"{doing}{_raster_reason(location, err)}")
 
 
 def _open_dataset(location: str | os.PathLike[str]) -> Any:

@@ -319,10 +319,7 @@ def _open(path: Path) -> rasterio.io.DatasetReader:
     if is_url(path):  # a COG on object storage or a web server, read by byte ranges (s12mae.storage)
         from s12mae import storage
 
-        try:
-            return storage._open_dataset(path)
-        except RasterioError as err:
-            raise storage.StorageError(storage._raster_reason(path, err)) from None
+        return storage.open_dataset(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     try:
@@ -339,7 +336,7 @@ def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int) -> np.ndar
         if is_url(path):
             from s12mae import storage
 
-            raise storage.StorageError(f"band {index}: {storage._raster_reason(path, RasterioError(detail))}") from None
+            raise storage.raster_error(path, RasterioError(detail), f"band {index}: ") from None
         raise ValueError(
             f"{path}: cannot read band {index}; the file is corrupt or truncated ({detail})"
         ) from None
