@@ -27,16 +27,32 @@ rasterio = pytest.importorskip("rasterio")
 AOI = (10.0, 45.0, 11.0, 46.0)
 SIZE = 64  # S2 COG side, px at 10 m (ours: tiny); S1 at 20 m, half that
 ORIGIN = (600_000.0, 5_000_000.0)  # UTM 32N
-SHARDS = ["--shards.sensors", "[s2_l1c, s1_grd]", "--shards.crop", "grid", "--shards.chip_size", "32",
-          "--shards.chips_per_shard", "4"]
+SHARDS = [
+    "--shards.sensors",
+    "[s2_l1c, s1_grd]",
+    "--shards.crop",
+    "grid",
+    "--shards.chip_size",
+    "32",
+    "--shards.chips_per_shard",
+    "4",
+]
 
 
 def _cog(path, data: np.ndarray, res: float) -> None:
     from rasterio.transform import from_origin
 
-    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs="EPSG:32632", transform=from_origin(*ORIGIN, res, res),
-                       ) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="COG",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype=data.dtype,
+        crs="EPSG:32632",
+        transform=from_origin(*ORIGIN, res, res),
+    ) as ds:
         ds.write(data[None])
 
 
@@ -60,8 +76,7 @@ def archive(s3, tmp_path):
         item = _rehome(s2_item(item_id, f"2022-03-{day:02d}T10:10:21Z", AOI, baseline=baseline), s3.name)
         s2_values[item_id] = {}
         for band in get_sensor("s2_l1c").band_names:
-            key_for = next(a["href"] for k, a in item["assets"].items()
-                           if a["href"].endswith(f"/{band}.tif"))
+            key_for = next(a["href"] for k, a in item["assets"].items() if a["href"].endswith(f"/{band}.tif"))
             data = rng.integers(1100, 4000, (SIZE, SIZE)).astype("uint16")
             _cog(tmp_path / "c.tif", data, 10.0)
             client.upload_file(str(tmp_path / "c.tif"), s3.name, key_for.split("/", 3)[3])
@@ -78,8 +93,9 @@ def archive(s3, tmp_path):
 
 
 def config(url: str) -> StacSearchConfig:
-    return StacSearchConfig(url=url, bbox=AOI, datetime="2022-03-01/2022-03-31", retries=0, backoff_s=0.0,
-                            timeout_s=10.0)
+    return StacSearchConfig(
+        url=url, bbox=AOI, datetime="2022-03-01/2022-03-31", retries=0, backoff_s=0.0, timeout_s=10.0
+    )
 
 
 def test_shards_read_chips_from_stac_asset_hrefs(archive, stac_server, s3, tmp_path, monkeypatch):
@@ -90,9 +106,24 @@ def test_shards_read_chips_from_stac_asset_hrefs(archive, stac_server, s3, tmp_p
     rows = {r["s2_id"]: r for r in pq.read_table(tmp_path / "pairs" / "pairs.parquet").to_pylist()}
     assert json.loads(rows["S2A_new"]["s2_assets"])["B04"].startswith(f"s3://{s3.name}/")
     start = len(s3.server.log)
-    assert main(["shards", "--data", str(tmp_path / "pairs"), "--layout", "pairs", "--out", str(tmp_path / "set"),
-                 *SHARDS]) == 0
-    cogs = [e for e in s3.server.log[start:] if e["method"] == "GET" and e["path"].endswith((".tif", ".tiff"))]
+    assert (
+        main(
+            [
+                "shards",
+                "--data",
+                str(tmp_path / "pairs"),
+                "--layout",
+                "pairs",
+                "--out",
+                str(tmp_path / "set"),
+                *SHARDS,
+            ]
+        )
+        == 0
+    )
+    cogs = [
+        e for e in s3.server.log[start:] if e["method"] == "GET" and e["path"].endswith((".tif", ".tiff"))
+    ]
     assert cogs and all(e["range"] for e in cogs)  # GDAL's byte-range reads of the COGs
     chips = list(read_samples(tmp_path / "set"))
     assert len(chips) == 2 * (SIZE // 32) ** 2
@@ -103,13 +134,15 @@ def test_shards_read_chips_from_stac_asset_hrefs(archive, stac_server, s3, tmp_p
         assert chip["meta"]["stac"]["s2_dn_offset"] == offset
         assert chip["meta"]["dn_offset"]["s2_l1c"]["dn"] == [offset] * 13
         y, x = chip["crop"]["y"], chip["crop"]["x"]
-        want = s2_values[s2_id]["B04"][y:y + 32, x:x + 32].astype(np.int64) - offset
+        want = s2_values[s2_id]["B04"][y : y + 32, x : x + 32].astype(np.int64) - offset
         np.testing.assert_array_equal(chip["s2_l1c"][b04].astype(np.int64), want)
         vv = chip["s1_grd"][0]
         assert np.isfinite(vv).mean() > 0.9 and -25 <= np.nanmin(vv) and np.nanmax(vv) <= -5
 
 
-def test_missing_throttled_and_unreachable_assets_name_the_item(archive, stac_server, s3, tmp_path, monkeypatch):
+def test_missing_throttled_and_unreachable_assets_name_the_item(
+    archive, stac_server, s3, tmp_path, monkeypatch
+):
     items, _, _ = archive
     api = stac_server(items)
     pair_stac(config(api.url), str(tmp_path / "pairs"), quiet=True)
@@ -136,8 +169,23 @@ def test_missing_throttled_and_unreachable_assets_name_the_item(archive, stac_se
     with pytest.raises(ValueError, match=rf"s2_id S2A_new.*{b03}: not found"):
         folder[new]
     # --skip_bad skips it with the reason, and the other scene's chips are written
-    assert main(["shards", "--data", str(tmp_path / "pairs"), "--layout", "pairs", "--out", str(tmp_path / "set"),
-                 *SHARDS, "--skip_bad", "true"]) == 0
+    assert (
+        main(
+            [
+                "shards",
+                "--data",
+                str(tmp_path / "pairs"),
+                "--layout",
+                "pairs",
+                "--out",
+                str(tmp_path / "set"),
+                *SHARDS,
+                "--skip_bad",
+                "true",
+            ]
+        )
+        == 0
+    )
     chips = list(read_samples(tmp_path / "set"))
     assert {c["meta"]["pair"]["s2_id"] for c in chips} == {"S2A_old"}
     # refused credentials: access denied, naming the item, never the secret

@@ -271,7 +271,8 @@ class PairFolder(Sequence):
         options = sensors_of_family(family)
         asked = [k for k in self.sensors or [] if k in options]
         key = asked[0] if asked else COLLECTION_SENSORS.get(row.get(f"{family}_collection") or "", options[0])
-        return SensorLayer.per_band(key, {b: h for b, h in hrefs.items() if h}, parse_time(row[f"{family}_time"]),
+        hrefs = {b: h for b, h in hrefs.items() if h}
+        return SensorLayer.per_band(key, hrefs, parse_time(row[f"{family}_time"]),
                                     where=f"{where}: {family}_assets of item {row[f'{family}_id']!r}")
 
     def _load_assets(self, row: dict[str, Any], where: str, sample_id: str, with_s1: bool) -> dict[str, Any]:
@@ -288,8 +289,8 @@ class PairFolder(Sequence):
             sample = reader[0]
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
-        sample["meta"]["stac"] = {k: row.get(k) for k in ("s2_dn_offset", "s2_dn_rule", "s2_processing_baseline")
-                                  if k in row}
+        recorded = ("s2_dn_offset", "s2_dn_rule", "s2_processing_baseline")
+        sample["meta"]["stac"] = {k: row.get(k) for k in recorded if k in row}
         return self._drop_unasked(sample)
 
     def _load_s2(self, row: dict[str, Any], where: str) -> dict[str, Any]:

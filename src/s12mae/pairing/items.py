@@ -49,7 +49,8 @@ from s12mae.readers.ssl4eo import (
 from s12mae.sensors import get_sensor, list_sensors
 from s12mae.times import parse_time, times_to_us, to_us
 
-__all__ = ["Items", "items_from_ssl4eo", "items_from_stac", "items_from_table", "load_items", "loading", "out_of_memory"]
+__all__ = ["Items", "items_from_ssl4eo", "items_from_stac", "items_from_table", "load_items", "loading",
+           "out_of_memory"]
 
 _TABLE_SUFFIXES = (".parquet", ".pq", ".geoparquet")
 _TEXT_COLUMNS = ("id", "time", "datetime", "footprint", "geometry", "wkt", "path", "location", "sensor")
@@ -198,8 +199,8 @@ def _parse_footprints(column: pa.Array, source: str, ids: pa.Array) -> np.ndarra
     bad = shapely.is_missing(geoms) & given
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        _raise_if_out_of_memory(values[row], pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type),
-                                source, len(values))
+        wkb = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
+        _raise_if_out_of_memory(values[row], wkb, source, len(values))
         raise ValueError(
             f"{source}: cannot parse footprint {str(values[row])[:60]!r} in row {row}{id_note(ids, row)}"
         )
@@ -226,10 +227,10 @@ def out_of_memory(source: Any, rows: int | None, err: BaseException | str) -> Me
     """The one error for running out of memory while reading items: names the input and the way out."""
     many = "" if rows is None else f" ({rows:,} rows at once)"
     return MemoryError(
-        f"{source}: ran out of memory while loading the items{many}: {str(err) or type(err).__name__}. Pair in time "
-        "windows (`s12mae pair --partition_days 30` reads parquet indexes window by window), lower "
-        "--nearest_days (each window also reads the S1 items that far around it), or give the process "
-        "more memory"
+        f"{source}: ran out of memory while loading the items{many}: {str(err) or type(err).__name__}. "
+        "Pair in time windows (`s12mae pair --partition_days 30` reads parquet indexes window by "
+        "window), lower --nearest_days (each window also reads the S1 items that far around it), or "
+        "give the process more memory"
     )
 
 

@@ -113,7 +113,9 @@ def _time_range(side: _Side, batch_rows: int) -> tuple[int, int] | None:
     lo, hi = None, None
     for row0, tab in side.batches(batch_rows, [side.id_col, side.time_col]):
         if tab.num_rows:
-            t = times_to_us(tab.column(side.time_col), side.where(row0), tab.column(side.id_col).combine_chunks())
+            t = times_to_us(
+                tab.column(side.time_col), side.where(row0), tab.column(side.id_col).combine_chunks()
+            )
             lo = int(t.min()) if lo is None else min(lo, int(t.min()))
             hi = int(t.max()) if hi is None else max(hi, int(t.max()))
     return None if lo is None else (lo, hi)  # type: ignore[return-value]
@@ -130,7 +132,9 @@ def _split(side: _Side, t0: int, width: int, batch_rows: int, folder: Path) -> d
             tab, _ = _keep_family(tab, _table_family(tab, side.where(row0), ids), side.family)
             if not tab.num_rows:
                 continue
-            t = times_to_us(tab.column(side.time_col), side.where(row0), tab.column(side.id_col).combine_chunks())
+            t = times_to_us(
+                tab.column(side.time_col), side.where(row0), tab.column(side.id_col).combine_chunks()
+            )
             window = (t - t0) // width
             order = np.argsort(window, kind="stable")
             sorted_w = window[order]
@@ -152,16 +156,23 @@ def _check_unique_ids(con: Any, side: _Side, files: dict[int, Path]) -> None:
     equal hashes checked on the ids themselves."""
     if not files:
         return
-    hashes = np.sort(np.concatenate([
-        con.sql(f'SELECT hash("{side.id_col}") AS h FROM read_parquet(\'{f}\')').fetchnumpy()["h"]
-        for f in files.values()]))
+    hashes = np.sort(
+        np.concatenate(
+            [
+                con.sql(f"SELECT hash(\"{side.id_col}\") AS h FROM read_parquet('{f}')").fetchnumpy()["h"]
+                for f in files.values()
+            ]
+        )
+    )
     same = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])[:1000]
     if not same.size:
         return
     listed = ", ".join(repr(str(p)) for p in files.values())
     wanted = ", ".join(str(int(h)) for h in same)
-    dup = con.sql(f'SELECT "{side.id_col}" FROM read_parquet([{listed}]) WHERE hash("{side.id_col}") IN ({wanted}) '
-                  "GROUP BY 1 HAVING count(*) > 1 LIMIT 3").fetchall()
+    dup = con.sql(
+        f'SELECT "{side.id_col}" FROM read_parquet([{listed}]) WHERE hash("{side.id_col}") IN ({wanted}) '
+        "GROUP BY 1 HAVING count(*) > 1 LIMIT 3"
+    ).fetchall()
     if dup:
         raise ValueError(f"{side.path}: ids are not unique, e.g. {[d[0] for d in dup]}")
 
@@ -176,7 +187,9 @@ class _Window:
     reach: int
 
     def name(self) -> str:
-        start, end = (datetime.fromtimestamp(t / 1e6, UTC).isoformat(timespec="seconds") for t in (self.start, self.end))
+        start, end = (
+            datetime.fromtimestamp(t / 1e6, UTC).isoformat(timespec="seconds") for t in (self.start, self.end)
+        )
         return f"time window {start} .. {end}"
 
 
@@ -194,15 +207,32 @@ def _read(side: _Side, file: Path, lo: int, hi: int, where: str) -> tuple[Items 
 class _Totals:
     """Statistics summed over the windows."""
 
-    SUMMED = ("s2", "s1", "pairs", "s2_only", "s2_no_footprint", "s1_no_footprint", "s1_ignored",
-              "s2_unplaceable", "pairs_by_location", "pairs_by_footprint")
+    SUMMED = (
+        "s2",
+        "s1",
+        "pairs",
+        "s2_only",
+        "s2_no_footprint",
+        "s1_no_footprint",
+        "s1_ignored",
+        "s2_unplaceable",
+        "pairs_by_location",
+        "pairs_by_footprint",
+    )
 
     def __init__(self) -> None:
         self.stats = dict.fromkeys(self.SUMMED, 0)
 
     def add_s2(self, window_stats: dict[str, Any]) -> None:
-        for key in ("s2", "pairs", "s2_only", "s2_no_footprint", "s2_unplaceable", "pairs_by_location",
-                    "pairs_by_footprint"):
+        for key in (
+            "s2",
+            "pairs",
+            "s2_only",
+            "s2_no_footprint",
+            "s2_unplaceable",
+            "pairs_by_location",
+            "pairs_by_footprint",
+        ):
             self.stats[key] += int(window_stats[key])
 
     def add_s1(self, s1: Items, match: str) -> None:
@@ -217,8 +247,9 @@ class _Totals:
 class _S1Windows:
     """The S1 window files parsed once each and kept while a later window still needs them."""
 
-    def __init__(self, side: _Side, files: dict[int, Path], width: int, t0: int, totals: _Totals,
-                 match: str) -> None:
+    def __init__(
+        self, side: _Side, files: dict[int, Path], width: int, t0: int, totals: _Totals, match: str
+    ) -> None:
         self.side, self.files, self.width, self.t0 = side, files, width, t0
         self.totals, self.match = totals, match
         self.cache: dict[int, Items | None] = {}
@@ -229,7 +260,9 @@ class _S1Windows:
             win = _Window(k, start, start + self.width, 0)
             self.cache[k] = None
             if k in self.files:
-                items, _ = _read(self.side, self.files[k], win.start, win.end, f"{self.side.path}, {win.name()}")
+                items, _ = _read(
+                    self.side, self.files[k], win.start, win.end, f"{self.side.path}, {win.name()}"
+                )
                 self.cache[k] = items
                 if items is not None:
                     self.totals.add_s1(items, self.match)
@@ -247,8 +280,17 @@ class _S1Windows:
         return parts[0] if len(parts) == 1 else concat_items(parts, f"{self.side.path}, around {win.name()}")
 
 
-def _pair_window(win: _Window, s2_side: _Side, s2_files: dict[int, Path], s1: _S1Windows, rule: Any,
-                 resources: Any, con: Any, parts: Path, totals: _Totals) -> None:
+def _pair_window(
+    win: _Window,
+    s2_side: _Side,
+    s2_files: dict[int, Path],
+    s1: _S1Windows,
+    rule: Any,
+    resources: Any,
+    con: Any,
+    parts: Path,
+    totals: _Totals,
+) -> None:
     from s12mae.pairing import pair_items
 
     if win.k not in s2_files:
@@ -264,10 +306,12 @@ def _pair_window(win: _Window, s2_side: _Side, s2_files: dict[int, Path], s1: _S
     found = pair_items(s2, s1_items, rule, resources, {}, con)
     totals.add_s2(found.result.stats)
     res = found.result
-    pq.write_table(res.pairs.append_column(_ROW, pa.array(s2_rows[found.pair_s2])),
-                   parts / f"pairs-{win.k:06d}.parquet")
-    pq.write_table(res.s2_only.append_column(_ROW, pa.array(s2_rows[found.lone])),
-                   parts / f"s2_only-{win.k:06d}.parquet")
+    pq.write_table(
+        res.pairs.append_column(_ROW, pa.array(s2_rows[found.pair_s2])), parts / f"pairs-{win.k:06d}.parquet"
+    )
+    pq.write_table(
+        res.s2_only.append_column(_ROW, pa.array(s2_rows[found.lone])), parts / f"s2_only-{win.k:06d}.parquet"
+    )
 
 
 def _merge(con: Any, parts: Path, name: str, schema: pa.Schema, target: Path) -> None:
@@ -278,11 +322,16 @@ def _merge(con: Any, parts: Path, name: str, schema: pa.Schema, target: Path) ->
             writer.write_table(schema.empty_table())
             return
         glob = str(parts / f"{name}-*.parquet")
-        reader = con.sql(f"SELECT * EXCLUDE ({_ROW}) FROM read_parquet('{glob}') ORDER BY {_ROW}"
-                             ).to_arrow_reader(_MERGE_ROWS)
+        reader = con.sql(
+            f"SELECT * EXCLUDE ({_ROW}) FROM read_parquet('{glob}') ORDER BY {_ROW}"
+        ).to_arrow_reader(_MERGE_ROWS)
         for batch in reader:
-            writer.write_batch(pa.RecordBatch.from_arrays(
-                [col.cast(field.type) for col, field in zip(batch.columns, schema, strict=True)], schema=schema))
+            writer.write_batch(
+                pa.RecordBatch.from_arrays(
+                    [col.cast(field.type) for col, field in zip(batch.columns, schema, strict=True)],
+                    schema=schema,
+                )
+            )
 
 
 def _reuse(con: Any, parts: Path) -> tuple[int, int]:
@@ -290,13 +339,16 @@ def _reuse(con: Any, parts: Path) -> tuple[int, int]:
     if not any(parts.glob("pairs-*.parquet")):
         return 0, 0
     glob = str(parts / "pairs-*.parquet")
-    used, most = con.execute(f"SELECT count(*), coalesce(max(c), 0) FROM (SELECT s1_id, count(*) AS c "
-                             f"FROM read_parquet('{glob}') GROUP BY s1_id)").fetchone()
+    used, most = con.execute(
+        f"SELECT count(*), coalesce(max(c), 0) FROM (SELECT s1_id, count(*) AS c "
+        f"FROM read_parquet('{glob}') GROUP BY s1_id)"
+    ).fetchone()
     return int(used), int(most)
 
 
-def pair_files(s2: Any, s1: Any, out: Any, rule: Any, resources: Any, batch_rows: int = BATCH_ROWS,
-               on_window: Any = None) -> dict[str, Any]:
+def pair_files(
+    s2: Any, s1: Any, out: Any, rule: Any, resources: Any, batch_rows: int = BATCH_ROWS, on_window: Any = None
+) -> dict[str, Any]:
     """Pair two parquet indexes window by window and write ``out/pairs.parquet`` and
     ``out/s2_only.parquet`` (see the module docstring); the same files as ``pair`` +
     ``write_outputs``.
@@ -326,8 +378,11 @@ def pair_files(s2: Any, s1: Any, out: Any, rule: Any, resources: Any, batch_rows
     con = connect(resources.threads, resources.memory_limit, resources.temp_directory)
     with contextlib.ExitStack() as stack:
         stack.callback(con.close)
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="s12mae-pair-",
-                                                                       dir=resources.temp_directory)))
+        scratch = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="s12mae-pair-", dir=resources.temp_directory)
+            )
+        )
         t = _time.perf_counter()
         files = tuple(_split(side, t0, width, batch_rows, scratch) for side in sides)
         for side, f in zip(sides, files, strict=True):
@@ -347,14 +402,23 @@ def pair_files(s2: Any, s1: Any, out: Any, rule: Any, resources: Any, batch_rows
                 _pair_window(win, sides[0], files[0], s1_windows, rule, resources, con, scratch, totals)
             except MemoryError as err:
                 raise out_of_memory(f"{sides[0].path} and {sides[1].path}, {win.name()}", None, err) from None
-            log.info("window %d of %d done (%s); %d S2 rows so far, %.0f s", k + 1, n, win.name(),
-                     totals.stats["s2"], _time.perf_counter() - t)
+            log.info(
+                "window %d of %d done (%s); %d S2 rows so far, %.0f s",
+                k + 1,
+                n,
+                win.name(),
+                totals.stats["s2"],
+                _time.perf_counter() - t,
+            )
             if on_window is not None:
                 on_window(k + 1, n)
         timings["windows_s"] = _time.perf_counter() - t
         t = _time.perf_counter()
         target = Path(out)
-        with atomic_path(target / "pairs.parquet") as pairs_tmp, atomic_path(target / "s2_only.parquet") as only_tmp:
+        with (
+            atomic_path(target / "pairs.parquet") as pairs_tmp,
+            atomic_path(target / "s2_only.parquet") as only_tmp,
+        ):
             _merge(con, scratch, "pairs", PAIR_SCHEMA, pairs_tmp)
             _merge(con, scratch, "s2_only", S2_ONLY_SCHEMA, only_tmp)
         used, most = _reuse(con, scratch)
