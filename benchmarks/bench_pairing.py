@@ -74,8 +74,39 @@ def _footprints(
     }
 
 
-def generate(n_s2: int, n_s1: int, seed: int, out: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(seed)
+def generate(n_s2: int, n_s1: int, seed: int, out: Path, chunk_s1: int | None = None) -> tuple[Path, Path]:
+    """Write ``out/s2.parquet`` and ``out/s1.parquet``. With ``chunk_s1``, the catalogue is made and
+    written in chunks of about that many S1 rows (each its own places, S2 rows in proportion, seed
+    ``[seed, chunk]``), so memory stays bounded by one chunk at any size; without, in one piece."""
+    out.mkdir(parents=True, exist_ok=True)
+    f2, f1 = out / "s2.parquet", out / "s1.parquet"
+    if chunk_s1 is None or n_s1 <= chunk_s1:
+        s2, s1 = _chunk(np.random.default_rng(seed), n_s2, n_s1)
+        pq.write_table(s2, f2)
+        pq.write_table(s1, f1)
+        return f2, f1
+    chunks = -(-n_s1 // chunk_s1)
+    cut1 = np.linspace(0, n_s1, chunks + 1).astype(np.int64)
+    cut2 = np.linspace(0, n_s2, chunks + 1).astype(np.int64)
+    w2 = w1 = None
+    try:
+        for c in range(chunks):
+            s2, s1 = _chunk(np.random.default_rng([seed, c]), int(cut2[c + 1] - cut2[c]), int(cut1[c + 1] - cut1[c]),
+                            int(cut2[c]), int(cut1[c]))
+            w2 = w2 or pq.ParquetWriter(f2, s2.schema)
+            w1 = w1 or pq.ParquetWriter(f1, s1.schema)
+            w2.write_table(s2)
+            w1.write_table(s1)
+    finally:
+        for w in (w2, w1):
+            if w is not None:
+                w.close()
+    return f2, f1
+
+
+def _chunk(rng: np.random.Generator, n_s2: int, n_s1: int, s2_id0: int = 0, s1_id0: int = 0
+           ) -> tuple[pa.Table, pa.Table]:
+    """One piece of the catalogue: (S2 table, S1 table), ids numbered from ``s2_id0``/``s1_id0``."""
     # places and their S1 revisit; enough places for n_s1 acquisitions
     revisit = rng.uniform(6.0, 12.0, size=n_s1 // 50 + 10)
     per_place = np.floor(SPAN_DAYS / revisit).astype(np.int64)
@@ -98,7 +129,7 @@ def generate(n_s2: int, n_s1: int, seed: int, out: Path) -> tuple[Path, Path]:
     lat1 = lat[p1] + shift[:, 1] / KM_PER_DEG
     lon1 = lon[p1] + shift[:, 0] / (KM_PER_DEG * np.cos(np.radians(lat[p1])))
     s1 = {
-        "id": pa.array(np.char.add("S1_", np.arange(n_s1).astype(str))),
+        "id": pa.array(np.char.add("S1_", np.arange(s1_id0, s1_id0 + n_s1).astype(str))),
         "time": pa.array(t1).cast(pa.timestamp("us", tz="UTC")),
         **_footprints(rng, lon1, lat1, km1, 0.15),
     }
@@ -111,17 +142,13 @@ def generate(n_s2: int, n_s1: int, seed: int, out: Path) -> tuple[Path, Path]:
     lat2 = lat[p2] + shift[:, 1] / KM_PER_DEG
     lon2 = lon[p2] + shift[:, 0] / (KM_PER_DEG * np.cos(np.radians(lat[p2])))
     s2 = {
-        "id": pa.array(np.char.add("S2_", np.arange(n_s2).astype(str))),
+        "id": pa.array(np.char.add("S2_", np.arange(s2_id0, s2_id0 + n_s2).astype(str))),
         "time": pa.array(t2).cast(pa.timestamp("us", tz="UTC")),
         **_footprints(rng, lon2, lat2, km[p2], 0.10),
     }
     s2["path"] = pa.array(np.char.add("s2/", s2["id"].to_numpy(zero_copy_only=False).astype(str)))
 
-    out.mkdir(parents=True, exist_ok=True)
-    f2, f1 = out / "s2.parquet", out / "s1.parquet"
-    pq.write_table(pa.table(s2), f2)
-    pq.write_table(pa.table(s1), f1)
-    return f2, f1
+    return pa.table(s2), pa.table(s1)
 
 
 def _cpu() -> str:

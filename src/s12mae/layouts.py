@@ -19,6 +19,14 @@ Layouts:
 - ``s2-all``: the same folder, S2 only: every S2 item of ``pairs.parquet`` and of
   ``s2_only.parquet`` (the MAE task's dataset under alternating gradient descent).
 
+Rows written by ``s12mae pair --stac`` carry the items' COG hrefs (``s2_assets``/``s1_assets``,
+``s3://`` or ``https://``): their bands are read from those hrefs by byte ranges
+(:func:`s12mae.storage.rasterio_env`: credentials, retries with backoff), the S2 sensor is the
+one of the item's collection (``sentinel-2-l2a`` -> ``s2_l2a``) unless ``sensors`` names one, and
+the S2 DN offset is the one decided from the item's properties (``s2_dn_offset``; recorded in
+``meta["dn_offset"]`` with rule ``override`` and in ``meta["stac"]`` with the item's rule and
+processing baseline).
+
 Paths in ``pairs``/``s2-all`` folders follow :mod:`s12mae.paths`: ``s12mae pair`` writes them
 absolute, and a relative one (a hand-made table) is relative to the folder itself, never to the
 working directory. The S2 sensor of a row is its SSL4EO product (``s2c`` -> ``s2_l1c``, ``s2a`` ->
@@ -29,6 +37,7 @@ GeoTIFF stacks it is the S2 key in ``sensors`` (default: the first S2 sensor of 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -53,6 +62,7 @@ from s12mae.readers.ssl4eo import (
     sensor_of,
 )
 from s12mae.sensors import list_sensors, sensors_of_family
+from s12mae.stac import COLLECTION_SENSORS
 from s12mae.times import parse_time
 
 __all__ = ["LAYOUTS", "PairFolder", "open_layout", "train_split"]
@@ -60,6 +70,10 @@ __all__ = ["LAYOUTS", "PairFolder", "open_layout", "train_split"]
 log = logging.getLogger(__name__)
 
 _STACK_SUFFIXES = (".tif", ".tiff")
+_STAC_COLUMNS = ("s2_assets", "s1_assets", "s2_collection", "s1_collection", "s2_dn_offset", "s2_dn_rule",
+                 "s2_processing_baseline")
+"""Columns that ``s12mae pair --stac`` adds (:mod:`s12mae.stac_items`): rows with ``s2_assets`` load
+their bands from the items' COG hrefs."""
 
 
 # -- the simulated folder -----------------------------------------------------------------------
@@ -94,9 +108,10 @@ def _simulated(data: Path, sensors: list[str] | None, skip_bad: bool) -> Sequenc
 class _ItemReader(RasterReader):
     """A reader over ready-made :class:`Item` records (GeoTIFF stacks listed in a pairs folder)."""
 
-    def __init__(self, source: str, items: list[Item], sensors: Sequence[str] | None) -> None:
+    def __init__(self, source: str, items: list[Item], sensors: Sequence[str] | None,
+                 s2_offset: int | None = None) -> None:
         self.source, self._given = source, items  # type: ignore[misc]
-        super().__init__(sensors=sensors)
+        super().__init__(sensors=sensors, s2_offset=s2_offset)
 
     def _discover(self) -> list[Item]:
         return self._given
@@ -147,6 +162,7 @@ class PairFolder(Sequence):
         files = ["pairs.parquet", "s2_only.parquet"] if s2_all else ["pairs.parquet"]
         need = ["s2_id", "s2_path", "s2_time"]
         need += [] if s2_all else ["s1_id", "s1_path", "s1_time", "gap_hours"]
+        self._optional = [c for c in _STAC_COLUMNS if s2_all is False or c.startswith("s2_")]
         self.rows: list[tuple[str, dict[str, Any]]] = []
         for name in files:
             table = self._read(self.folder / name, need)
@@ -164,7 +180,7 @@ class PairFolder(Sequence):
         missing = [c for c in need if c not in table.column_names]
         if missing:
             raise ValueError(f"{path}: lacks column(s) {missing}; it has {table.column_names}")
-        return table.select(need)
+        return table.select(need + [c for c in self._optional if c in table.column_names])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -218,6 +234,11 @@ class PairFolder(Sequence):
         return {k: v for k, v in sample.items() if k not in extra and k.removeprefix("valid.") not in extra}
 
     def _load_pair(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+        if row.get("s2_assets"):
+            sample = self._load_assets(row, where, f"pairs/{row['s2_id']}+{row['s1_id']}", with_s1=True)
+            sample["meta"]["gap_hours"] = row["gap_hours"]
+            sample["meta"]["pair"] = {"s2_id": row["s2_id"], "s1_id": row["s1_id"]}
+            return sample
         s2 = self._path(row["s2_path"], "s2_path", where)
         s1 = self._path(row["s1_path"], "s1_path", where)
         kinds = {self._kind(s2, "s2_path", where), self._kind(s1, "s1_path", where)}
@@ -241,7 +262,42 @@ class PairFolder(Sequence):
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
 
+    # -- rows found by `s12mae pair --stac`: bands from the items' asset hrefs -------------------
+    def _asset_layer(self, row: dict[str, Any], family: str, where: str) -> SensorLayer:
+        try:
+            hrefs = json.loads(row.get(f"{family}_assets") or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: {family}_assets is not a JSON object of band hrefs ({err})") from None
+        options = sensors_of_family(family)
+        asked = [k for k in self.sensors or [] if k in options]
+        key = asked[0] if asked else COLLECTION_SENSORS.get(row.get(f"{family}_collection") or "", options[0])
+        hrefs = {b: h for b, h in hrefs.items() if h}
+        return SensorLayer.per_band(key, hrefs, parse_time(row[f"{family}_time"]),
+                                    where=f"{where}: {family}_assets of item {row[f'{family}_id']!r}")
+
+    def _load_assets(self, row: dict[str, Any], where: str, sample_id: str, with_s1: bool) -> dict[str, Any]:
+        """One row's sample from its COG hrefs (``s2_assets``/``s1_assets``, s3:// or https://, read
+        by byte ranges); the S2 DN offset is the one decided from the item's properties
+        (``s2_dn_offset``), recorded with its rule and baseline in ``meta["stac"]``."""
+        layers = [self._asset_layer(row, "s2", where)]
+        if with_s1:
+            layers.append(self._asset_layer(row, "s1", where))
+        offset = row.get("s2_dn_offset")
+        reader = _ItemReader("pairs", [Item(sample_id, layers)], [layer.sensor for layer in layers],
+                             s2_offset=None if offset is None else int(offset))
+        try:
+            sample = reader[0]
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        recorded = ("s2_dn_offset", "s2_dn_rule", "s2_processing_baseline")
+        sample["meta"]["stac"] = {k: row.get(k) for k in recorded if k in row}
+        return self._drop_unasked(sample)
+
     def _load_s2(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+        if row.get("s2_assets"):
+            sample = self._load_assets(row, where, f"s2-all/{row['s2_id']}", with_s1=False)
+            sample["meta"]["s2_item"] = row["s2_id"]
+            return sample
         s2 = self._path(row["s2_path"], "s2_path", where)
         if self._kind(s2, "s2_path", where) == "ssl4eo":
             keys = self._keys(sensor_of(s2), False)

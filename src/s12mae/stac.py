@@ -268,6 +268,10 @@ def _api_errors(cfg: StacSearchConfig, last: _LastRequest, doing: str) -> Iterat
         if status is None:
             raise StacError(f"STAC API {where}: unreachable while {doing} after {cfg.retries} retries "
                             f"({detail})") from None
+        if status in (401, 403):
+            raise StacError(f"STAC API {where}: access refused (HTTP {status}) while {doing}: {detail}; the API "
+                            "wants credentials, and the search sends none (the public catalogs' search needs "
+                            "none: check the URL)") from None
         what = "throttled (HTTP 429)" if status == 429 else f"HTTP {status}"
         retried = f" after {cfg.retries} retries with backoff" if status in RETRY_STATUS else ""
         raise StacError(f"STAC API {where}: {what}{retried} while {doing}: {detail}") from None

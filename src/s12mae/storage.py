@@ -49,9 +49,11 @@ __all__ = [
     "is_url",
     "join",
     "list_files",
+    "open_dataset",
     "open_input",
     "open_raster",
     "protocol",
+    "raster_error",
     "rasterio_env",
     "rasterio_path",
     "read_bytes",
@@ -98,6 +100,10 @@ _UNREACHABLE = {
     "ConnectionError",
     "ConnectionRefusedError",
 }
+
+
+_THROTTLED = re.compile(r"slow ?down|reduce your request rate|throttl|too many requests|service unavailable",
+                        re.IGNORECASE)
 
 
 class StorageError(ValueError):
@@ -195,6 +201,10 @@ def _translated(location: str | os.PathLike[str], action: str) -> Iterator[None]
         if names & _UNREACHABLE:
             raise StorageError(f"{where}: endpoint unreachable while trying to {action} "
                                f"({redact(str(err))})") from None
+        if _THROTTLED.search(str(err)):
+            raise StorageError(f"{where}: throttled by the server while trying to {action} ({redact(str(err))}), "
+                               "still after the retries with backoff (botocore's AWS_MAX_ATTEMPTS tries, each "
+                               "retried by s3fs); retry later or raise AWS_MAX_ATTEMPTS") from None
         if isinstance(err, OSError):
             raise StorageError(f"{where}: cannot {action} ({redact(str(err))})") from None
         raise
@@ -441,6 +451,11 @@ def stage(location: str | os.PathLike[str], cache: str | os.PathLike[str],
 # -- rasters (COG windowed reads through GDAL's virtual file systems) ------------------------
 
 
+RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "1"}
+"""GDAL's retries of a COG request answered 429/5xx, and the first wait in seconds (GDAL doubles
+it on each retry, with jitter) (ours); the environment variables of these names override them."""
+
+
 def rasterio_path(location: str | os.PathLike[str]) -> str:
     """The name rasterio opens for ``location``: local paths as they are; ``s3://``, ``gs://``,
     ``az://`` and ``http(s)://`` URLs as they are (rasterio maps them to ``/vsis3/``, ``/vsigs/``,
@@ -460,7 +475,8 @@ def rasterio_env(location: str | os.PathLike[str] | None = None, **gdal_options:
     """A ``rasterio.Env`` for reading COGs at ``location`` with windowed (byte-range) reads.
 
     Sets GDAL's options for cloud reads (no directory listing on open, retries with backoff on
-    HTTP 429/5xx) and, for ``s3://``, an AWS session from boto3's credential chain with the
+    HTTP 429/5xx: :data:`RETRY_DEFAULTS`, each overridden by the environment variable of its
+    name) and, for ``s3://``, an AWS session from boto3's credential chain with the
     endpoint of :func:`s3_endpoint` (``AWS_S3_ENDPOINT``; ``AWS_HTTPS=NO`` for an ``http://``
     endpoint; path-style addressing, ``AWS_VIRTUAL_HOSTING=FALSE``, for any custom endpoint) and
     requester pays from ``AWS_REQUEST_PAYER``. ``gdal_options`` override.
@@ -469,8 +485,7 @@ def rasterio_env(location: str | os.PathLike[str] | None = None, **gdal_options:
 
     options: dict[str, Any] = {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        "GDAL_HTTP_MAX_RETRY": 5,
-        "GDAL_HTTP_RETRY_DELAY": 1,
+        **{key: os.environ.get(key, default) for key, default in RETRY_DEFAULTS.items()},
         "VSI_CACHE": "TRUE",
     }
     session = None
@@ -511,6 +526,24 @@ def open_raster(location: str | os.PathLike[str], **gdal_options: Any) -> Iterat
             yield ds
 
 
+def open_dataset(location: str | os.PathLike[str]) -> Any:
+    """Open the raster at ``location`` (path or URL) in the caller's GDAL environment (for readers
+    that open several files inside one :func:`rasterio_env`); a failure is one
+    :class:`StorageError` naming the redacted location (see :func:`raster_error`)."""
+    from rasterio.errors import RasterioError
+
+    try:
+        return _open_dataset(location)
+    except RasterioError as err:
+        raise raster_error(location, err) from None
+
+
+def raster_error(location: str | os.PathLike[str], err: Exception, doing: str = "") -> StorageError:
+    """A GDAL error on ``location`` as one :class:`StorageError`: not found, access denied,
+    throttled, or unreadable (``doing`` prefixes the reason, e.g. ``"band 3: "``)."""
+    return StorageError(f"{doing}{_raster_reason(location, err)}")
+
+
 def _open_dataset(location: str | os.PathLike[str]) -> Any:
     import rasterio
 
@@ -529,4 +562,9 @@ def _raster_reason(location: str | os.PathLike[str], err: Exception) -> str:
         return f"{where}: access denied ({text}); {_CREDENTIALS_HINT}"
     if any(s in low for s in ("404", "no such file", "does not exist", "not found", "nosuchkey")):
         return f"{where}: not found ({text})"
+    if any(s in low for s in ("429", "503", "slow down", "slowdown", "too many requests", "throttl",
+                              "reduce your request rate")):
+        retries = os.environ.get("GDAL_HTTP_MAX_RETRY", RETRY_DEFAULTS["GDAL_HTTP_MAX_RETRY"])
+        return (f"{where}: the server kept refusing with throttling after {retries} retries with backoff "
+                f"({text}); retry later, or raise GDAL_HTTP_MAX_RETRY / GDAL_HTTP_RETRY_DELAY")
     return f"{where}: cannot open it as a raster ({text})"

@@ -35,7 +35,9 @@ Missing geometry (our rule): an S2 item with no usable footprint can pair only t
 
 The package: :mod:`~s12mae.pairing.items` (inputs -> item tables), :mod:`~s12mae.pairing.geometry`
 (footprints, the antimeridian), :mod:`~s12mae.pairing.search` (the DuckDB candidate join, exact
-overlaps, the choice), :mod:`~s12mae.pairing.results` (output tables, statistics, files).
+overlaps, the choice), :mod:`~s12mae.pairing.results` (output tables, statistics, files),
+:mod:`~s12mae.pairing.windows` (two parquet indexes read and paired window by window: bounded
+memory at archive scale, the same files).
 """
 
 from __future__ import annotations
@@ -50,7 +52,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from s12mae.pairing.items import Items, items_from_ssl4eo, items_from_stac, items_from_table, load_items
+from s12mae.pairing.items import (
+    Items,
+    items_from_ssl4eo,
+    items_from_stac,
+    items_from_table,
+    load_items,
+    loading,
+)
 from s12mae.pairing.results import (
     PAIR_SCHEMA,
     S2_ONLY_SCHEMA,
@@ -63,6 +72,7 @@ from s12mae.pairing.results import (
     write_outputs,
 )
 from s12mae.pairing.search import Candidates, Match, Query, best_candidates, connect
+from s12mae.pairing.windows import pair_files, windowed_inputs
 from s12mae.readers.ssl4eo import product_of
 
 __all__ = [
@@ -121,6 +131,15 @@ class _Rule:
     def searches_nearest(self) -> bool:
         return self.nearest_days is not None and self.nearest_days > self.max_days
 
+    @property
+    def reach_days(self) -> float:
+        """How far in time from an S2 item its search looks (``max_days``, or ``nearest_days``)."""
+        return float(self.nearest_days) if self.searches_nearest else self.max_days  # type: ignore[arg-type]
+
+    def settings(self) -> dict[str, Any]:
+        """The settings recorded in the statistics."""
+        return {"max_days": self.max_days, "min_overlap": self.min_overlap, "match": self.match}
+
 
 def _share_location_codes(s2: Items, s1: Items) -> None:
     """Integer codes of the location keys, shared by both sides (-1: no location)."""
@@ -153,8 +172,11 @@ class Resources:
     """DuckDB threads (default: all cores)."""
     partition_days: float | None = None
     """Search the S2 items in time windows this many days wide, each against the S1 items near it
-    (``None``: all at once). Bounds the join's memory by one window's share; 30-90 days suits
-    archives of tens of millions of rows (ours)."""
+    (``None``: all at once). Bounds the join's memory by one window's share; ``pair_cli`` (``s12mae
+    pair``) with two parquet indexes also *reads* them window by window
+    (:mod:`~s12mae.pairing.windows`), so memory is bounded by one window (its S2 items and the S1
+    items within ``nearest_days`` of it), not the archive. 10-30 days suits archives of tens of
+    millions of rows (ours)."""
     memory_limit: str | None = None
     """DuckDB's memory limit, e.g. ``"4GB"`` (default: DuckDB's, 80 % of RAM)."""
     temp_directory: str | None = None
@@ -163,11 +185,13 @@ class Resources:
 
 
 def _search(
-    s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, res: Resources, timings: dict[str, float]
+    s2: Items, s1: Items, s2_placed: np.ndarray, rule: _Rule, res: Resources, timings: dict[str, float],
+    con: Any = None,
 ) -> tuple[Candidates, Candidates | None]:
     """The best S1 of every S2 within ``max_days``, and the nearest one (within ``nearest_days``)
-    of the S2 items left without."""
-    con = connect(res.threads, res.memory_limit, res.temp_directory)
+    of the S2 items left without (on ``con``, else on a connection of its own)."""
+    own = con is None
+    con = connect(res.threads, res.memory_limit, res.temp_directory) if own else con
     try:
         t = _time.perf_counter()
         best = best_candidates(con, s2, s1, rule.query(s2_placed, rule.max_days), res.partition_days)
@@ -179,7 +203,8 @@ def _search(
             near = best_candidates(con, s2, s1, rule.query(lone & s2_placed, rule.nearest_days), res.partition_days)
         timings["nearest_s"] = _time.perf_counter() - t
     finally:
-        con.close()
+        if own:
+            con.close()
     return best, near
 
 
@@ -243,27 +268,44 @@ def pair(
     rule = _Rule(max_days, min_overlap, match, nearest_days, cell_deg)
     resources = Resources(threads, partition_days, memory_limit, temp_directory)
     t0 = _time.perf_counter()
-    s2_items = load_items(s2, product=s2_product, family="s2")
-    s1_items = load_items(s1, product=product_of("s1"), family="s1")
+    s2_items = loading(s2, lambda: load_items(s2, product=s2_product, family="s2"))
+    s1_items = loading(s1, lambda: load_items(s1, product=product_of("s1"), family="s1"))
     _check_families(s2_items, s1_items, s2 is s1 or _same_path(s2, s1))
     timings = {"load_s": _time.perf_counter() - t0}
+    found = pair_items(s2_items, s1_items, rule, resources, timings)
+    found.result.stats.update(rule.settings(), seconds=dict(timings, total_s=_time.perf_counter() - t0))
+    return found.result
+
+
+@dataclass
+class Found:
+    """What :func:`pair_items` found: the result, plus rows the windowed pairing needs."""
+
+    result: PairResult
+    pair_s2: np.ndarray
+    """``(P,)`` the S2 row of each row of ``result.pairs``."""
+    lone: np.ndarray
+    """``(L,)`` the S2 row of each row of ``result.s2_only``."""
+    s1_usable: np.ndarray
+    """``(N1,)`` the S1 items that can match anything under the rule's ``match``."""
+
+
+def pair_items(s2_items: Items, s1_items: Items, rule: _Rule, resources: Resources,
+               timings: dict[str, float], con: Any = None) -> Found:
+    """The pairing of two loaded item tables (the core of :func:`pair`; ``timings`` gains the
+    search's stages; ``con``: a DuckDB connection to reuse)."""
     _share_location_codes(s2_items, s1_items)
-    s2_placed, s1_usable = _placeable(s2_items, s1_items, match)
-    best, near = _search(s2_items, s1_items, s2_placed, rule, resources, timings)
+    s2_placed, s1_usable = _placeable(s2_items, s1_items, rule.match)
+    best, near = _search(s2_items, s1_items, s2_placed, rule, resources, timings, con)
     lone = np.flatnonzero(_unpaired(len(s2_items), best))
-    unplaced = "no_location" if match == "location" else "no_footprint"
+    unplaced = "no_location" if rule.match == "location" else "no_footprint"
     stats: dict[str, Any] = pair_stats(s2_items, s1_items, best, lone, s2_placed, s1_usable)
-    stats.update(
-        max_days=max_days,
-        min_overlap=min_overlap,
-        match=match,
-        seconds=dict(timings, total_s=_time.perf_counter() - t0),
-    )
-    return PairResult(
+    result = PairResult(
         pairs=pairs_table(s2_items, s1_items, best),
         s2_only=s2_only_table(s2_items, s1_items, lone, near, s2_placed, unplaced),
         stats=stats,
     )
+    return Found(result, np.sort(best.s2), lone, s1_usable)
 
 
 def pair_cli(
@@ -299,34 +341,34 @@ def pair_cli(
         cell_deg: spatial join grid cell, degrees (speed only).
         threads: DuckDB threads (default: all cores).
         quiet: print nothing.
-        partition_days, memory_limit, temp_directory: bounded memory, see :class:`Resources`.
+        partition_days, memory_limit, temp_directory: bounded memory, see :class:`Resources`. With
+            ``partition_days`` and two parquet indexes, the inputs are read window by window too
+            (:mod:`~s12mae.pairing.windows`): memory is bounded by one window, not the archive.
 
     Returns the statistics (counts, seconds).
     """
-    res = pair(
-        s2,
-        s2 if s1 is None else s1,
-        max_days=max_days,
-        min_overlap=min_overlap,
-        match=match,
-        nearest_days=nearest_days,
-        cell_deg=cell_deg,
-        threads=threads,
-        s2_product=s2_product,
-        partition_days=partition_days,
-        memory_limit=memory_limit,
-        temp_directory=temp_directory,
-    )
-    t = _time.perf_counter()
-    paths = write_outputs(res, out)
-    res.stats["seconds"]["write_s"] = _time.perf_counter() - t
-    res.stats["outputs"] = {k: str(v) for k, v in paths.items()}
+    s1 = s2 if s1 is None else s1
+    options = {"max_days": max_days, "min_overlap": min_overlap, "match": match, "nearest_days": nearest_days,
+               "cell_deg": cell_deg, "threads": threads, "partition_days": partition_days,
+               "memory_limit": memory_limit, "temp_directory": temp_directory}
+    if partition_days is not None and windowed_inputs(s2, s1):
+        rule = _Rule(max_days, min_overlap, match, nearest_days, cell_deg)
+        resources = Resources(threads, partition_days, memory_limit, temp_directory)
+        stats = pair_files(s2, s1, out, rule, resources)
+        paths = {name: Path(out) / name for name in ("pairs.parquet", "s2_only.parquet")}
+    else:
+        res = pair(s2, s1, s2_product=s2_product, **options)  # type: ignore[arg-type]
+        t = _time.perf_counter()
+        paths = write_outputs(res, out)
+        stats = res.stats
+        stats["seconds"]["write_s"] = _time.perf_counter() - t
+    stats["outputs"] = {k: str(v) for k, v in paths.items()}
     if not quiet:
-        st = res.stats
+        st = stats
         print(
             f"paired {st['pairs']} of {st['s2']} S2 items with {st['s1_used']} of {st['s1']} S1 items "
             f"(max {max_days:g} days, min overlap {min_overlap:g}, match {match}); "
             f"S2-only {st['s2_only']}; S1 ignored (no footprint/location) {st['s1_ignored']}"
         )
         print(f"wrote {paths['pairs.parquet']} and {paths['s2_only.parquet']}")
-    return res.stats
+    return stats

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,8 @@ from s12mae.readers.ssl4eo import (
 from s12mae.sensors import get_sensor, list_sensors
 from s12mae.times import parse_time, times_to_us, to_us
 
-__all__ = ["Items", "items_from_ssl4eo", "items_from_stac", "items_from_table", "load_items"]
+__all__ = ["Items", "items_from_ssl4eo", "items_from_stac", "items_from_table", "load_items", "loading",
+           "out_of_memory"]
 
 _TABLE_SUFFIXES = (".parquet", ".pq", ".geoparquet")
 _TEXT_COLUMNS = ("id", "time", "datetime", "footprint", "geometry", "wkt", "path", "location", "sensor")
@@ -81,6 +82,28 @@ class Items(Footprints):
 
     def __len__(self) -> int:
         return len(self.t_us)
+
+
+def concat_items(parts: Sequence[Items], source: str) -> Items:
+    """Item tables one after the other (rows of ``parts[1]`` follow those of ``parts[0]``, ...);
+    ids are not checked across parts and location codes are left to ``pair``."""
+    offsets = np.cumsum([0, *(len(p) for p in parts[:-1])])
+    return Items(
+        has_geom=np.concatenate([p.has_geom for p in parts]),
+        rect=np.concatenate([p.rect for p in parts]),
+        area=np.concatenate([p.area for p in parts]),
+        geom=np.concatenate([p.geom for p in parts]),
+        part_item=np.concatenate([p.part_item + o for p, o in zip(parts, offsets, strict=True)]),
+        part_box=np.concatenate([p.part_box for p in parts]).reshape(-1, 4),
+        bbox=np.concatenate([p.bbox for p in parts]).reshape(-1, 4),
+        single=np.concatenate([p.single for p in parts]),
+        source=source,
+        ids=pa.concat_arrays([p.ids for p in parts]),
+        t_us=np.concatenate([p.t_us for p in parts]),
+        path=pa.concat_arrays([p.path for p in parts]),
+        location=pa.concat_arrays([p.location for p in parts]),
+        family=pa.concat_arrays([p.family for p in parts]),
+    )
 
 
 def _build_items(
@@ -176,10 +199,50 @@ def _parse_footprints(column: pa.Array, source: str, ids: pa.Array) -> np.ndarra
     bad = shapely.is_missing(geoms) & given
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        wkb = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
+        _raise_if_out_of_memory(values[row], wkb, source, len(values))
         raise ValueError(
             f"{source}: cannot parse footprint {str(values[row])[:60]!r} in row {row}{id_note(ids, row)}"
         )
     return geoms
+
+
+def _raise_if_out_of_memory(value: Any, wkb: bool, source: str, rows: int) -> None:
+    """GEOS reports a failed allocation as an unreadable geometry (``on_invalid="ignore"`` hides
+    it): a footprint that parses on its own, or whose error is an allocation failure, was lost to
+    memory, not to its text."""
+    parse = shapely.from_wkb if wkb else shapely.from_wkt
+    try:
+        parse(value, on_invalid="raise")
+    except MemoryError as err:
+        raise out_of_memory(source, rows, err) from None
+    except Exception as err:  # noqa: BLE001 (GEOS errors of many kinds)
+        if "alloc" in str(err).lower():
+            raise out_of_memory(source, rows, err) from None
+        return
+    raise out_of_memory(source, rows, "GEOS could not allocate the footprints' geometries")
+
+
+def out_of_memory(source: Any, rows: int | None, err: BaseException | str) -> MemoryError:
+    """The one error for running out of memory while reading items: names the input and the way out."""
+    many = "" if rows is None else f" ({rows:,} rows at once)"
+    return MemoryError(
+        f"{source}: ran out of memory while loading the items{many}: {str(err) or type(err).__name__}. "
+        "Pair in time windows (`s12mae pair --partition_days 30` reads parquet indexes window by "
+        "window), lower --nearest_days (each window also reads the S1 items that far around it), or "
+        "give the process more memory"
+    )
+
+
+def loading(src: Any, load: Callable[[], Items]) -> Items:
+    """``load()`` (reading the items of ``src``), with running out of memory reported as
+    :func:`out_of_memory` naming ``src``."""
+    try:
+        return load()
+    except MemoryError as err:
+        if str(err).startswith(f"{src}:"):
+            raise
+        raise out_of_memory(src, None, err) from None
 
 
 def family_of(value: Any) -> str | None:

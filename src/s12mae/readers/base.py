@@ -35,7 +35,7 @@ from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from rasterio.warp import reproject, transform_bounds
 
-from s12mae.paths import absolute
+from s12mae.paths import absolute, is_url
 from s12mae.sensors import SensorSpec, get_sensor, list_sensors
 from s12mae.times import iso_utc, parse_time
 
@@ -217,7 +217,8 @@ class Grid:
 
 @dataclass(frozen=True)
 class BandRef:
-    """One band of one file: ``index`` is 1-based, ``name`` the layout's name for it (``B1``)."""
+    """One band of one file: ``index`` is 1-based, ``name`` the layout's name for it (``B1``);
+    ``path`` is a local path or a URL string (``s3://``, ``https://``)."""
 
     path: Path
     index: int = 1
@@ -254,7 +255,7 @@ class SensorLayer:
     ) -> SensorLayer:
         """One single-band file per channel; ``files`` maps layout band names to paths (extra files
         that are no band of ``sensor`` are ignored; a missing band is a ValueError)."""
-        by_name = {canonical_band(k): (k, Path(p)) for k, p in files.items()}
+        by_name = {canonical_band(k): (k, _location(p)) for k, p in files.items()}
         names = get_sensor(sensor).band_names
         missing = [n for n in names if n not in by_name]
         if missing:
@@ -293,6 +294,17 @@ class Item:
         return [layer.sensor for layer in self.layers] + [lab.key for lab in self.labels] + list(self.arrays)
 
 
+def _location(p: str | Path) -> Any:
+    """A band file: a local :class:`Path`, or a URL kept as its string (``Path`` would fold ``//``)."""
+    return str(p) if is_url(p) else Path(p)
+
+
+def _remote(item: Item) -> str | None:
+    """The first URL among the item's files (the location whose GDAL environment the load uses)."""
+    files = [b.path for layer in item.layers for b in layer.bands] + [lab.path for lab in item.labels]
+    return next((str(f) for f in files if is_url(f)), None)
+
+
 def read_json(path: Path) -> Any:
     """A JSON file, or a ValueError naming it."""
     try:
@@ -304,6 +316,10 @@ def read_json(path: Path) -> Any:
 
 
 def _open(path: Path) -> rasterio.io.DatasetReader:
+    if is_url(path):  # a COG on object storage or a web server, read by byte ranges (s12mae.storage)
+        from s12mae import storage
+
+        return storage.open_dataset(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     try:
@@ -317,6 +333,10 @@ def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int) -> np.ndar
         return ds.read(index)
     except RasterioError as err:
         detail = f"{err}; {err.__cause__}" if err.__cause__ else str(err)
+        if is_url(path):
+            from s12mae import storage
+
+            raise storage.raster_error(path, RasterioError(detail), f"band {index}: ") from None
         raise ValueError(
             f"{path}: cannot read band {index}; the file is corrupt or truncated ({detail})"
         ) from None
@@ -510,7 +530,19 @@ class RasterReader:
         Raises:
             ValueError: a file is missing, unreadable, truncated, has the wrong band count or
                 dtype, or cannot be warped onto the sample grid; the message names the file.
+                Band files may be URLs (``s3://``, ``gs://``, ``https://`` COGs): they are read
+                through :func:`s12mae.storage.rasterio_env` (credentials, retries with backoff),
+                and a missing, refused or throttled one is a :class:`s12mae.storage.StorageError`.
         """
+        remote = _remote(item)
+        if remote is None:
+            return self._load(item)
+        from s12mae import storage
+
+        with storage.rasterio_env(remote):
+            return self._load(item)
+
+    def _load(self, item: Item) -> dict[str, Any]:
         grid = self.reference_grid(item)
         meta: dict[str, Any] = {
             "source": self.source,
