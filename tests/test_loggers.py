@@ -132,3 +132,32 @@ def test_a_resumed_run_may_add_a_logger_which_gets_the_new_steps(tmp_path, one_t
     acc.Reload()
     assert [e.step for e in acc.Scalars("mae/loss")] == [2, 3]
     assert [r["step"] for r in _lines(tmp_path / "run")] == [0, 1, 2, 3]
+
+
+def test_evaluate_logs_the_head_curves_and_test_metrics_to_tensorboard(tmp_path, one_thread):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from s12mae.evaluation import EvalConfig, EvalDataConfig, FitConfig, run_evaluation
+
+    out = tmp_path / "eval"
+    cfg = EvalConfig(task="sen1floods11", random_encoder="vit_nano_patch8", out_dir=str(out), num_plot=0,
+                     fit=FitConfig(steps=6, batch_size=2, val_every=3), progress=False, ridge=False,
+                     data=EvalDataConfig(img_size=32, num_train=4, num_val=2, num_test=2),
+                     logger=["jsonl", "tensorboard"])
+    result = run_evaluation(cfg)
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    train = result["train"]
+    for tag, curve in (("train/loss", train["loss"]), ("val/loss", train["val_loss"])):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [s for s, _ in curve]
+        assert [e.value for e in events] == pytest.approx([v for _, v in curve], rel=1e-6)
+    assert [e.value for e in acc.Scalars("test/iou_water")] == pytest.approx([result["metrics"]["iou_water"]])
+    assert json.loads((out / "run_info.json").read_text())["config"]["logger"] == ["jsonl", "tensorboard"]
+
+
+def test_evaluate_refuses_an_unknown_logger():
+    from s12mae.evaluation import EvalConfig
+
+    with pytest.raises(ValueError, match=r"logger: unknown logger\(s\) \['csv'\]"):
+        EvalConfig(logger=["csv"])

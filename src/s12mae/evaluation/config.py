@@ -233,8 +233,16 @@ class EvalConfig:
     """Progress bar on a terminal, plain lines in a log file."""
     num_plot: int = 4
     """Test samples drawn in ``predictions.png`` (0: no pictures, no ``curves.png``)."""
+    logger: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
+    """Sinks of the head's training: ``jsonl`` (the curves in ``metrics.json``, always written),
+    ``tensorboard`` (event files in ``<out_dir>/tensorboard``: ``train/loss``, ``val/loss``,
+    ``val/metric``, ``test/<metric>``), ``wandb`` (the ``[wandb]`` extra; offline unless
+    ``WANDB_MODE`` says otherwise); each records the resolved config and the code version."""
 
     def __post_init__(self) -> None:
+        self.logger = list(self.logger)
+        unknown = sorted(set(self.logger) - {"jsonl", "tensorboard", "wandb"})
+        _check(not unknown, f"logger: unknown logger(s) {unknown}; known: jsonl, tensorboard, wandb")
         _check(self.scenario in SCENARIOS, f"scenario: must be one of {SCENARIOS}, got {self.scenario!r}")
         _check(bool(self.checkpoint), "checkpoint: give an encoder file, 'random' or 'pixels'")
         for name, low in (("eval_batch_size", 1), ("seed", 0), ("num_plot", 0)):

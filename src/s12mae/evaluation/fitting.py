@@ -17,7 +17,7 @@ The protocol (every value ours where the paper is silent, see :class:`~s12mae.ev
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,11 +249,14 @@ def _better(cfg: EvalConfig, new: dict[str, float], best: dict[str, float] | Non
 
 
 def fit(cfg: EvalConfig, task: EvalTask, model: EvalModel, train: Split, val: Split,
-        device: torch.device | None = None, autocast: Any = None) -> FitResult:
+        device: torch.device | None = None, autocast: Any = None,
+        log: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``model``'s trainable parameters for ``cfg.fit.steps`` steps; leave the selected state in it.
 
     Frozen: only the head is in the optimizer and the encoder stays in eval mode. Finetune: all
-    parameters, the encoder's at ``encoder_lr_scale`` with ``layer_decay`` per block.
+    parameters, the encoder's at ``encoder_lr_scale`` with ``layer_decay`` per block. ``log``,
+    where given, receives every training record (``task="train"``) and validation pass
+    (``task="val"``) as it happens (the run's TensorBoard/W&B sinks).
     """
     from contextlib import nullcontext
 
@@ -276,6 +279,8 @@ def fit(cfg: EvalConfig, task: EvalTask, model: EvalModel, train: Split, val: Sp
         loss, metrics = score(task, model, val, cfg.eval_batch_size, device, autocast)
         record = {"step": step, "loss": loss, "metric": metrics[task.headline]}
         out.val.append(record)
+        if log is not None:
+            log({**record, "task": "val"})
         nonlocal best_state
         if step > 0 and _better(cfg, record, out.selected or None):
             out.selected = record
@@ -299,6 +304,8 @@ def fit(cfg: EvalConfig, task: EvalTask, model: EvalModel, train: Split, val: Sp
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         out.history.append({"step": step + 1, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)})
+        if log is not None:
+            log({**out.history[-1], "task": "train"})
         if (step + 1) % every == 0 or step + 1 == fc.steps:
             validate(step + 1)
         bar.set_postfix(loss=f"{out.history[-1]['loss']:.4f}", val=f"{out.val[-1]['loss']:.4f}")

@@ -32,6 +32,7 @@ from s12mae.evaluation.tasks import EvalTask, build_task, describe, with_validat
 from s12mae.files import atomic_write, undo_outputs_on_failure
 from s12mae.models.vit import ENCODERS, ViTEncoder, build_encoder
 from s12mae.runtime import autocast_context, resolve_device
+from s12mae.train.loggers import open_sinks
 from s12mae.sensors import SensorSpec, get_sensor
 
 __all__ = ["build_model", "evaluate", "json_safe", "load_eval_encoder", "param_groups", "prepare_splits", "run_evaluation"]
@@ -219,8 +220,13 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
 
     splits = prepare_splits(cfg, task, model, device, autocast)
-    fitted = fit(cfg, task, model, splits["train"], splits["val"], device, autocast)
-    _, metrics = score(task, model, splits["test"], cfg.eval_batch_size, device, autocast)
+    sinks = open_sinks(cfg.logger, out, cfg.to_dict())
+    try:
+        fitted = fit(cfg, task, model, splits["train"], splits["val"], device, autocast, log=sinks.log)
+        _, metrics = score(task, model, splits["test"], cfg.eval_batch_size, device, autocast)
+        sinks.log({"step": int(fitted.selected.get("step", 0)), "task": "test", **metrics})
+    finally:
+        sinks.close()
     ridge = None
     if cfg.ridge and cfg.scenario == "frozen" and all(s.cached is not None for s in splits.values()):
         from s12mae.evaluation.probes import ridge_probe
