@@ -66,7 +66,7 @@ def smooth_fields(rng: np.random.Generator, count: int, size: int, sigma: float)
     White noise is drawn directly in the Fourier domain, and only where the Gaussian filter of
     standard deviation ``sigma`` pixels is not negligible, which keeps large grids cheap.
     """
-    sigma = min(sigma, size / 8)
+    sigma = min(sigma, size / 6)
     f2 = np.fft.fftfreq(size)[:, None] ** 2 + np.fft.rfftfreq(size)[None, :] ** 2
     gain = np.exp(-2 * np.pi**2 * sigma**2 * f2)
     support = gain > 1e-3
@@ -108,7 +108,7 @@ def _grid_cells(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, width: f
 def _zones(rng: np.random.Generator, n: int, scale: int) -> np.ndarray:
     """``(Hf, Wf)`` zone index: 0 natural, 1 agricultural, 2 urban."""
     mix = np.log(rng.dirichlet((1.2, 1.6, 0.5)) + 1e-3)
-    fields = smooth_fields(rng, 3, n, rng.uniform(5.0, 10.0) * scale)
+    fields = smooth_fields(rng, 3, n, rng.uniform(8.0, 16.0) * scale)
     return (fields + 0.8 * mix[:, None, None]).argmax(axis=0)
 
 
@@ -116,11 +116,15 @@ def _agriculture(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, out: _C
     """Parcels of cropland, meadow and bare soil with grass margins (see the module docstring)."""
     angle = rng.uniform(0, np.pi)
     u, v = _rotated(y, x, angle)
-    width, length = float(rng.uniform(7, 20)), float(rng.uniform(10, 30))
+    width, length = float(rng.uniform(12, 32)), float(rng.uniform(16, 48))
     cell, margin, along = _grid_cells(rng, u, v, width, length, 0.25)
     n = _TABLE * _TABLE
     kind = rng.choice([CROP, GRASS, SOIL], n, p=[0.55, 0.2, 0.25])
-    vigour, wet = rng.uniform(0.15, 0.95, n), rng.uniform(0, 1, n) ** 2
+    # One acquisition date: each parcel grows one of two crops of the scene (e.g. a winter and a
+    # summer crop), each at its own growth stage, and the soils share the scene's recent rain.
+    stages = rng.uniform(0.15, 0.95, 2)
+    vigour = np.clip(stages[rng.integers(0, 2, n)] + rng.normal(0, 0.07, n), 0.05, 1.0)
+    wet = np.clip(rng.uniform(0, 0.8) + rng.normal(0, 0.2, n), 0, 1)
     period, amp = rng.uniform(1.5, 3.0, n), rng.uniform(0.25, 0.6, n)
     across, residue = rng.random(n) < 0.5, rng.uniform(0.0, 0.12, n)
     patch = smooth_fields(rng, 1, y.shape[0], 1.5 * out.scale)[0]
@@ -142,7 +146,7 @@ def _agriculture(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, out: _C
 def _natural(rng: np.random.Generator, out: _Canvas, where: np.ndarray) -> None:
     """Forest stands with crown texture and open grassland."""
     n = where.shape[0]
-    stands, crowns, meadow = smooth_fields(rng, 1, n, rng.uniform(3, 6) * out.scale)[0], \
+    stands, crowns, meadow = smooth_fields(rng, 1, n, rng.uniform(4, 10) * out.scale)[0], \
         smooth_fields(rng, 1, n, 0.4 * out.scale)[0], smooth_fields(rng, 1, n, 1.5 * out.scale)[0]
     forest = where & (stands > np.quantile(stands, rng.uniform(0.2, 0.8)))
     crown = np.clip(0.8 + 0.25 * crowns[forest], 0.3, 1.2)
@@ -175,7 +179,7 @@ def _water(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, out: _Canvas)
     n, s = y.shape[0], out.scale
     bodies = []
     if rng.random() < 0.4:
-        field = smooth_fields(rng, 1, n, rng.uniform(4, 8) * s)[0]
+        field = smooth_fields(rng, 1, n, rng.uniform(6, 12) * s)[0]
         bodies.append(field > np.quantile(field, 1 - rng.uniform(0.03, 0.15)))
     if rng.random() < 0.5:
         angle = rng.uniform(0, np.pi)
