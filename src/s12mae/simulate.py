@@ -1,15 +1,29 @@
 """Built-in SIMULATED Sentinel-1/Sentinel-2 dataset for the demo and the tests.
 
 Nothing here is real satellite data. Scenes come from a deliberately simple physical model so the
-pipeline can run and be tested end to end without downloads: land cover from per-class smooth
-random fields on a grid ``label_scale`` times finer than the 10 m image grid (image pixels are
-mixed pixels); Sentinel-2 L1C from abundance-weighted surface spectra, a toy atmosphere, per-pixel
-variation, soft-edged clouds and their shadows; Sentinel-1 GRD from per-class C-band backscatter
-mixed in linear power, gamma speckle and an optional S1-to-S2 misalignment.
+pipeline can run and be tested end to end without downloads, with structure that a pretrained
+encoder can learn and that the downstream labels depend on:
 
-Every scene is a deterministic function of ``(seed, index)`` only, and the land cover, S2 surface,
-clouds, S1 and misalignment each draw from their own child generator, so changing e.g. the cloud
-settings leaves S1 unchanged and any subset of scenes can be generated independently.
+* **One landscape drives everything** (:mod:`s12mae.simulate_landscape`): land-cover objects on
+  a grid ``label_scale`` times finer than the 10 m image grid (so image pixels are mixed pixels),
+  most of them larger than the demo's 8 px patch: agricultural parcels with straight edges and
+  crop rows, forest stands with crown texture, street grids, lakes and meandering rivers. Each
+  object's attributes (crop stage, soil moisture, water turbidity and wind, roof material,
+  double bounce) set both what S2 and what S1 see.
+* **Sentinel-2 L1C**: linear mixing of endmember spectra, per-pixel variation, a toy atmosphere,
+  soft-edged clouds and their shadows (cast with one sun direction per scene). Cropland,
+  grassland and bare soil share one spectral family, so a single S2 pixel hardly separates them;
+  parcel shape, row texture and S1 do.
+* **Sentinel-1 GRD**: the landscape's VV/VH backscatter mixed in linear power, a per-scene
+  calibration offset, gamma speckle, an optional S1-to-S2 misalignment; clouds play no part.
+* **Labels** come from the same land-cover map: ``water`` (majority class per image pixel, the
+  Sen1Floods11-like task), ``landcover_presence`` (BigEarthNet-like multi-label), ``landcover_hr``
+  (classes on the fine grid, the 4x super-resolution segmentation) and ``cloud``.
+
+Every scene is a deterministic function of ``(seed, index)`` only, and the landscape, S2
+acquisition, clouds, S1 acquisition and misalignment each draw from their own child generator,
+so changing e.g. the cloud settings leaves S1 unchanged and any subset of scenes can be
+generated independently.
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ Layout (on the fine label grid, ``label_scale`` fine pixels per 10 m image pixel
 pixels, all "(ours)", chosen to look like a European rural/peri-urban scene, not fitted to data):
 
 * **Zones**: natural, agricultural and urban land from the argmax of three smooth random fields
-  (correlation length 5-10 px) with a per-scene landscape mix, so scenes range from farmland to
+  (correlation length 8-16 px) with a per-scene landscape mix, so scenes range from farmland to
   forest to town and most contain several zones.
-* **Agricultural parcels**: a rotated brick grid of rectangles 7-20 px wide and 10-30 px long
+* **Agricultural parcels**: a rotated brick grid of rectangles 12-32 px wide and 16-48 px long
   (several 8 px patches) with 1-fine-pixel grass margins. A parcel is cropland (55 %), a meadow
-  (20 %, grassland) or bare soil (25 %), with one crop vigour, soil moisture and row pattern.
-* **Natural land**: forest stands and open grassland from a thresholded smooth field (3-6 px).
+  (20 %, grassland) or bare soil (25 %), with one crop vigour, soil moisture and row pattern; as
+  on one acquisition date, each crop parcel is at one of the scene's two crop stages and the
+  soils share the scene's recent rain.
+* **Natural land**: forest stands and open grassland from a thresholded smooth field (4-10 px).
 * **Urban**: a rotated street grid (blocks 3-7 px, streets ~1 px) of built blocks (concrete,
   tile or dark roofs) and gardens; all of it is labelled urban.
 * **Water**: lakes (compact blobs, 40 % of scenes) and a meandering river of 1.5-5 px width
