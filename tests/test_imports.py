@@ -20,7 +20,7 @@ PACKAGE = Path(s12mae.__file__).resolve().parent
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {"files", "paths", "rng", "times", "resources", "storage", "distributed"}),
     ("sensor specs", {"sensors"}),
-    ("raw samples, model input, models", {"inputs", "readers", "simulate", "models"}),
+    ("raw samples, model input, models", {"inputs", "readers", "simulate", "simulate_landscape", "models"}),
     ("pairing and layouts", {"pairing", "layouts", "stac", "stac_items"}),
     ("shards", {"shards"}),
     ("datasets and statistics", {"data", "stats"}),

@@ -1,15 +1,29 @@
 """Built-in SIMULATED Sentinel-1/Sentinel-2 dataset for the demo and the tests.
 
 Nothing here is real satellite data. Scenes come from a deliberately simple physical model so the
-pipeline can run and be tested end to end without downloads: land cover from per-class smooth
-random fields on a grid ``label_scale`` times finer than the 10 m image grid (image pixels are
-mixed pixels); Sentinel-2 L1C from abundance-weighted surface spectra, a toy atmosphere, per-pixel
-variation, soft-edged clouds and their shadows; Sentinel-1 GRD from per-class C-band backscatter
-mixed in linear power, gamma speckle and an optional S1-to-S2 misalignment.
+pipeline can run and be tested end to end without downloads, with structure that a pretrained
+encoder can learn and that the downstream labels depend on:
 
-Every scene is a deterministic function of ``(seed, index)`` only, and the land cover, S2 surface,
-clouds, S1 and misalignment each draw from their own child generator, so changing e.g. the cloud
-settings leaves S1 unchanged and any subset of scenes can be generated independently.
+* **One landscape drives everything** (:mod:`s12mae.simulate_landscape`): land-cover objects on
+  a grid ``label_scale`` times finer than the 10 m image grid (so image pixels are mixed pixels),
+  most of them larger than the demo's 8 px patch: agricultural parcels with straight edges and
+  crop rows, forest stands with crown texture, street grids, lakes and meandering rivers. Each
+  object's attributes (crop stage, soil moisture, water turbidity and wind, roof material,
+  double bounce) set both what S2 and what S1 see.
+* **Sentinel-2 L1C**: linear mixing of endmember spectra, per-pixel variation, a toy atmosphere,
+  soft-edged clouds and their shadows (cast with one sun direction per scene). Cropland,
+  grassland and bare soil share one spectral family, so a single S2 pixel hardly separates them;
+  parcel shape, row texture and S1 do.
+* **Sentinel-1 GRD**: the landscape's VV/VH backscatter mixed in linear power, a per-scene
+  calibration offset, gamma speckle, an optional S1-to-S2 misalignment; clouds play no part.
+* **Labels** come from the same land-cover map: ``water`` (majority class per image pixel, the
+  Sen1Floods11-like task), ``landcover_presence`` (BigEarthNet-like multi-label), ``landcover_hr``
+  (classes on the fine grid, the 4x super-resolution segmentation) and ``cloud``.
+
+Every scene is a deterministic function of ``(seed, index)`` only, and the landscape, S2
+acquisition, clouds, S1 acquisition and misalignment each draw from their own child generator,
+so changing e.g. the cloud settings leaves S1 unchanged and any subset of scenes can be
+generated independently.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import numpy as np
 
 from s12mae.files import atomic_dir
 from s12mae.sensors import get_sensor
+from s12mae.simulate_landscape import ENDMEMBERS, Landscape, landscape, smooth_fields
 
 __all__ = [
     "LAND_COVER_CLASSES",
@@ -40,30 +55,29 @@ __all__ = [
 FORMAT_VERSION = 1
 LAND_COVER_CLASSES: tuple[str, ...] = ("water", "forest", "cropland", "grassland", "urban", "bare_soil")
 
-# Surface reflectance per land-cover class at the S2 band centres, roughly approximating typical
-# library spectra (USGS splib07 / ECOSTRESS: turbid inland water, broadleaf canopy, green crop,
-# grass, asphalt/concrete mix, dry loam); "cloud" is a thick water cloud's TOA reflectance relative
-# to its VNIR brightness; "gas_t" is a two-way gas transmittance (ozone in B03, water vapour in
-# B09, saturated water vapour in the B10 cirrus band, which hides the surface under clear sky).
-#         water  forest  crop  grass  urban  soil   cloud  gas_t
+# Surface reflectance of the landscape's endmembers (see s12mae.simulate_landscape.ENDMEMBERS) at
+# the S2 band centres, roughly approximating typical library spectra (USGS splib07 / ECOSTRESS:
+# clear and sediment-laden inland water, broadleaf canopy, green crop/grass, dry loam, the same
+# loam wet, concrete, red clay tiles, asphalt); "cloud" is a thick water cloud's TOA reflectance
+# relative to its VNIR brightness; "gas_t" is a two-way gas transmittance (ozone in B03, water
+# vapour in B09, saturated water vapour in the B10 cirrus band, which hides the surface under
+# clear sky). Values are "(ours)".
+#        w_clear w_turb canopy g_veg  soil   wet   concr  tile   asph   cloud  gas_t
 _S2_TABLE: dict[str, tuple[float, ...]] = {
-    "B01": (0.050, 0.020, 0.030, 0.035, 0.090, 0.070, 1.00, 0.98),
-    "B02": (0.055, 0.030, 0.040, 0.045, 0.100, 0.090, 1.00, 0.98),
-    "B03": (0.060, 0.060, 0.090, 0.085, 0.120, 0.130, 1.00, 0.93),
-    "B04": (0.035, 0.030, 0.050, 0.075, 0.140, 0.180, 1.00, 0.95),
-    "B05": (0.025, 0.100, 0.150, 0.140, 0.150, 0.210, 0.99, 0.97),
-    "B06": (0.015, 0.250, 0.300, 0.230, 0.160, 0.230, 0.98, 0.97),
-    "B07": (0.012, 0.310, 0.380, 0.280, 0.170, 0.250, 0.98, 0.96),
-    "B08": (0.010, 0.330, 0.420, 0.300, 0.180, 0.270, 0.97, 0.96),
-    "B8A": (0.008, 0.340, 0.440, 0.310, 0.190, 0.280, 0.96, 0.97),
-    "B09": (0.005, 0.330, 0.430, 0.310, 0.190, 0.290, 0.80, 0.35),
-    "B10": (0.003, 0.080, 0.100, 0.120, 0.180, 0.320, 0.55, 0.005),
-    "B11": (0.004, 0.160, 0.240, 0.280, 0.220, 0.370, 0.65, 0.95),
-    "B12": (0.002, 0.070, 0.120, 0.170, 0.200, 0.340, 0.45, 0.90),
+    "B01": (0.050, 0.060, 0.020, 0.030, 0.070, 0.035, 0.150, 0.060, 0.050, 1.00, 0.98),
+    "B02": (0.055, 0.070, 0.030, 0.040, 0.090, 0.045, 0.170, 0.070, 0.055, 1.00, 0.98),
+    "B03": (0.060, 0.100, 0.060, 0.090, 0.130, 0.065, 0.190, 0.090, 0.060, 1.00, 0.93),
+    "B04": (0.035, 0.090, 0.030, 0.050, 0.180, 0.090, 0.210, 0.200, 0.065, 1.00, 0.95),
+    "B05": (0.025, 0.080, 0.100, 0.150, 0.210, 0.100, 0.220, 0.250, 0.070, 0.99, 0.97),
+    "B06": (0.015, 0.050, 0.250, 0.300, 0.230, 0.110, 0.230, 0.280, 0.070, 0.98, 0.97),
+    "B07": (0.012, 0.040, 0.310, 0.380, 0.250, 0.115, 0.240, 0.300, 0.075, 0.98, 0.96),
+    "B08": (0.010, 0.035, 0.330, 0.420, 0.270, 0.120, 0.250, 0.310, 0.075, 0.97, 0.96),
+    "B8A": (0.008, 0.030, 0.340, 0.440, 0.280, 0.125, 0.250, 0.320, 0.080, 0.96, 0.97),
+    "B09": (0.005, 0.020, 0.330, 0.430, 0.290, 0.120, 0.250, 0.320, 0.080, 0.80, 0.35),
+    "B10": (0.003, 0.010, 0.080, 0.100, 0.320, 0.100, 0.220, 0.280, 0.080, 0.55, 0.005),
+    "B11": (0.004, 0.010, 0.160, 0.240, 0.370, 0.120, 0.280, 0.360, 0.090, 0.65, 0.95),
+    "B12": (0.002, 0.005, 0.070, 0.120, 0.340, 0.090, 0.260, 0.300, 0.090, 0.45, 0.90),
 }
-# Typical C-band sigma0 in dB, (VV, VH) per class in LAND_COVER_CLASSES order; urban is bright
-# from double bounce, calm water is a dark specular reflector.
-_S1_DB = np.array([(-20, -27), (-7.5, -13), (-10, -17), (-11, -18), (-3, -10), (-13, -21)], float)
 
 
 @dataclass
@@ -112,11 +126,12 @@ class SimulationConfig:
 
 @cache
 def _s2_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Surface ``(13, 6)``, cloud ``(13,)``, gas transmittance ``(13,)``, wavelength in um ``(13,)``."""
+    """Surface ``(13, E)``, cloud ``(13,)``, gas transmittance ``(13,)``, wavelength in um ``(13,)``."""
     bands = get_sensor("s2_l1c").bands
     table = np.array([_S2_TABLE[b.name] for b in bands])
     wavelength_um = np.array([b.wavelength_nm for b in bands]) / 1000.0
-    return table[:, :6], table[:, 6], table[:, 7], wavelength_um
+    e = len(ENDMEMBERS)
+    return table[:, :e], table[:, e], table[:, e + 1], wavelength_um
 
 
 @cache
@@ -124,25 +139,6 @@ def _block_index(img_size: int, label_scale: int) -> np.ndarray:
     """Image-pixel index of every fine pixel, ``(Hf, Wf)``, for block counting."""
     block = np.arange(img_size * label_scale) // label_scale
     return block[:, None] * img_size + block[None, :]
-
-
-def _smooth_fields(rng: np.random.Generator, count: int, size: int, sigma: float) -> np.ndarray:
-    """``count`` zero-mean, unit-std periodic Gaussian random fields ``(count, size, size)``.
-
-    White noise is drawn directly in the Fourier domain, and only where the Gaussian filter of
-    standard deviation ``sigma`` pixels is not negligible, which keeps large grids cheap.
-    """
-    sigma = min(sigma, size / 8)
-    f2 = np.fft.fftfreq(size)[:, None] ** 2 + np.fft.rfftfreq(size)[None, :] ** 2
-    gain = np.exp(-2 * np.pi**2 * sigma**2 * f2)
-    support = gain > 1e-3
-    support[0, 0] = False  # no DC: the mean is set by the caller
-    m = int(support.sum())
-    spectrum = np.zeros((count, *f2.shape), np.complex64)
-    noise = rng.standard_normal((2, count, m))
-    spectrum[:, support] = (noise[0] + 1j * noise[1]) * gain[support]
-    fields = np.fft.irfft2(spectrum, s=(size, size))
-    return fields / (fields.std(axis=(1, 2), keepdims=True) + 1e-12)
 
 
 def _abundances(fine_classes: np.ndarray, img_size: int, label_scale: int) -> np.ndarray:
@@ -153,12 +149,19 @@ def _abundances(fine_classes: np.ndarray, img_size: int, label_scale: int) -> np
     return counts.reshape(img_size, img_size, k).transpose(2, 0, 1) / label_scale**2
 
 
+def _block_mean(fine: np.ndarray, label_scale: int) -> np.ndarray:
+    """``(C, Hf, Wf)`` -> mean over each image pixel's ``label_scale**2`` fine pixels ``(C, H, W)``."""
+    c, hf, wf = fine.shape
+    s = label_scale
+    return fine.reshape(c, hf // s, s, wf // s, s).mean(axis=(2, 4))
+
+
 def _clouds(rng: np.random.Generator, cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray, float]:
     """Cloud opacity ``(H, W)``, shadow opacity ``(H, W)`` and cloud VNIR brightness."""
     h = cfg.img_size
     if rng.random() >= cfg.cloud_probability or cfg.max_cloud_cover == 0:
         return np.zeros((h, h)), np.zeros((h, h)), 0.0
-    field = _smooth_fields(rng, 1, h, rng.uniform(1.5, 6.0))[0]
+    field = smooth_fields(rng, 1, h, rng.uniform(1.5, 6.0))[0].astype(np.float64)
     cover = cfg.max_cloud_cover * rng.uniform(0.1, 1.0)
     threshold = np.quantile(field, 1.0 - cover)
     opacity = 1.0 / (1.0 + np.exp(-(field - threshold) / 0.1))  # soft edges; > 0.5 covers `cover`
@@ -166,6 +169,38 @@ def _clouds(rng: np.random.Generator, cfg: SimulationConfig) -> tuple[np.ndarray
     offset = (round(distance * np.sin(angle)), round(distance * np.cos(angle)))
     shadow = np.roll(opacity, offset, axis=(0, 1))  # fields are periodic, so rolling is seamless
     return opacity, shadow, rng.uniform(0.4, 0.8)
+
+
+def _s2(land: Landscape, rng: np.random.Generator, rng_cloud: np.random.Generator,
+        cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """S2 L1C DN ``(13, H, W)`` int16 and cloud opacity ``(H, W)`` of a landscape."""
+    surface_table, cloud_shape, gas_t, wl = _s2_tables()
+    abundance = _block_mean(land.abundance, cfg.label_scale)  # (E, H, W) mixed pixels
+    surface = np.einsum("be,ehw->bhw", surface_table, abundance)
+    surface *= np.exp(cfg.pixel_variation * rng.standard_normal(surface.shape))
+    tau_aerosol = rng.uniform(0.05, 0.3) * (wl / 0.55) ** -1.3
+    tau_rayleigh = 0.0088 * wl**-4.05
+    path = 0.4 * tau_rayleigh + 0.15 * tau_aerosol  # haze: largest in the blue
+    transmittance = np.exp(-(tau_rayleigh + tau_aerosol))
+    illumination = rng.uniform(0.85, 1.15)
+    opacity, shadow, brightness = _clouds(rng_cloud, cfg)
+    lit = illumination * (1.0 - rng_cloud.uniform(0.4, 0.7) * shadow)  # shadow keeps 30-60 %
+    clear = gas_t[:, None, None] * (path[:, None, None] + transmittance[:, None, None] * surface * lit)
+    toa = (1.0 - opacity) * clear + opacity * (brightness * cloud_shape)[:, None, None]
+    return np.clip(np.rint(toa * 10000.0), 1, 32767).astype(np.int16), opacity
+
+
+def _s1(land: Landscape, rng: np.random.Generator, rng_shift: np.random.Generator,
+        cfg: SimulationConfig) -> np.ndarray:
+    """S1 GRD VV, VH sigma0 in dB ``(2, H, W)`` float32: mixed linear power, calibration, speckle."""
+    s = cfg.label_scale
+    power = 10.0 ** (land.sigma0_db.astype(np.float64) / 10.0)  # (2, Hf, Wf)
+    shift = np.rint(rng_shift.uniform(-1.0, 1.0, 2) * cfg.misalignment_px * s).astype(int)
+    if shift.any():
+        power = np.roll(power, tuple(shift), axis=(1, 2))
+    power = _block_mean(power, s) * 10.0 ** (rng.normal(0.0, 0.5, (2, 1, 1)) / 10.0)  # incidence, calibration
+    power *= rng.gamma(cfg.enl, 1.0 / cfg.enl, power.shape)
+    return (10.0 * np.log10(power)).astype(np.float32)
 
 
 def simulate_scene(index: int, cfg: SimulationConfig) -> dict[str, np.ndarray]:
@@ -188,50 +223,23 @@ def simulate_scene(index: int, cfg: SimulationConfig) -> dict[str, np.ndarray]:
     """
     if index < 0:
         raise ValueError(f"scene index must be >= 0, got {index}")
-    streams = np.random.default_rng([cfg.seed, index]).spawn(6)  # the first 5 as before the 6th
+    streams = np.random.default_rng([cfg.seed, index]).spawn(6)
     rng_cover, rng_s2, rng_cloud, rng_s1, rng_shift, rng_pair = streams
-    h, s, k = cfg.img_size, cfg.label_scale, len(LAND_COVER_CLASSES)
-
-    # Land cover on the fine grid: correlation length 1-8 image pixels, varied class mix.
-    sigma = np.exp(rng_cover.uniform(np.log(1.0), np.log(8.0))) * s
-    fields = _smooth_fields(rng_cover, k, h * s, sigma) + rng_cover.normal(0.0, 1.0, (k, 1, 1))
-    fine = fields.argmax(axis=0).astype(np.uint8)  # (Hf, Wf)
-    abundance = _abundances(fine, h, s)  # (6, H, W)
-
-    # Sentinel-2: surface mix, toy atmosphere, clouds and shadows.
-    surface_table, cloud_shape, gas_t, wl = _s2_tables()
-    surface = np.einsum("bk,khw->bhw", surface_table, abundance)
-    surface *= np.exp(cfg.pixel_variation * rng_s2.standard_normal(surface.shape))
-    tau_aerosol = rng_s2.uniform(0.05, 0.3) * (wl / 0.55) ** -1.3
-    tau_rayleigh = 0.0088 * wl**-4.05
-    path = 0.4 * tau_rayleigh + 0.15 * tau_aerosol  # haze: largest in the blue
-    transmittance = np.exp(-(tau_rayleigh + tau_aerosol))
-    illumination = rng_s2.uniform(0.85, 1.15)
-    opacity, shadow, brightness = _clouds(rng_cloud, cfg)
-    lit = illumination * (1.0 - rng_cloud.uniform(0.4, 0.7) * shadow)  # shadow keeps 30-60 %
-    clear = gas_t[:, None, None] * (path[:, None, None] + transmittance[:, None, None] * surface * lit)
-    toa = (1.0 - opacity) * clear + opacity * (brightness * cloud_shape)[:, None, None]
-    s2 = np.clip(np.rint(toa * 10000.0), 1, 32767).astype(np.int16)
-
-    # Sentinel-1: from the (optionally shifted) fine map; clouds play no part.
-    shift = np.rint(rng_shift.uniform(-1.0, 1.0, 2) * cfg.misalignment_px * s).astype(int)
-    s1_abundance = _abundances(np.roll(fine, tuple(shift), axis=(0, 1)), h, s) if shift.any() else abundance
-    class_db = _S1_DB + rng_s1.normal(0.0, 0.75, _S1_DB.shape)  # per-scene moisture, incidence
-    power = np.einsum("kp,khw->phw", 10.0 ** (class_db / 10.0), s1_abundance)
-    power *= rng_s1.gamma(cfg.enl, 1.0 / cfg.enl, power.shape)
-    s1 = (10.0 * np.log10(power)).astype(np.float32)
+    land = landscape(rng_cover, cfg.img_size, cfg.label_scale)
+    s2, opacity = _s2(land, rng_s2, rng_cloud, cfg)
+    s1 = _s1(land, rng_s1, rng_shift, cfg)
     has_s1 = bool(rng_pair.random() < cfg.s1_fraction)
     if not has_s1:
         s1[:] = np.nan
-
-    counts = abundance.sum(axis=(1, 2))
+    fractions = _abundances(land.classes, cfg.img_size, cfg.label_scale)  # (6, H, W)
+    counts = fractions.sum(axis=(1, 2))
     return {
         "s2_l1c": s2,
         "s1_grd": s1,
         "cloud": (opacity > 0.5).astype(np.uint8),
-        "water": (abundance.argmax(axis=0) == LAND_COVER_CLASSES.index("water")).astype(np.uint8),
+        "water": (fractions.argmax(axis=0) == LAND_COVER_CLASSES.index("water")).astype(np.uint8),
         "landcover_presence": (counts / counts.sum() >= 0.01).astype(np.uint8),
-        "landcover_hr": fine,
+        "landcover_hr": land.classes,
         "available.s1_grd": np.uint8(has_s1),
     }
 
