@@ -54,7 +54,7 @@ def test_unknown_key_and_bad_size_are_errors_that_name_them(tmp_path, capsys):
 def test_demo_end_to_end_on_a_tiny_run(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "4", "--num_samples", "16", "--eval_steps", "2",
-                 "--eval_scenes", "12"]) == 0
+                 "--eval_scenes", "12", "--seeds", "1"]) == 0
     printed = capsys.readouterr().out
     assert "SMOKE CHECK" in printed and "not results" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -69,6 +69,22 @@ def test_demo_end_to_end_on_a_tiny_run(tmp_path, capsys):
         assert yaml.safe_load((run / "config.yaml").read_text())["data"]["stats"] == str(out / "stats.json")
     table = (out / "table" / "table.md").read_text()
     assert "| Frozen | mae |" in table and "random init" in table and "not results" in table
+    assert "Verdict: pretrained encoders beat random init with a frozen head in" in printed
+    assert summary["verdict"].startswith("Verdict:")
+
+
+def test_demo_verdict_counts_wins_beyond_the_spread_and_says_why_when_pretraining_loses():
+    from s12mae.demo import pretraining_verdict
+
+    def rows(mae, random):
+        return [{"scenario": "frozen", "model": m, "task": "water", "values": v}
+                for m, v in (("mae", mae), ("random init", random), ("pixels", [0.9, 0.9]))]
+
+    clear = pretraining_verdict(rows([0.80, 0.82], [0.60, 0.62]))
+    assert "in 1 of 1 (method, task) cells" in clear and "Why" not in clear
+    assert "mae/water 81.0 vs 61.0 (beats)" in clear
+    within_noise = pretraining_verdict(rows([0.70, 0.80], [0.70, 0.72]))  # mean 75 vs 71, stds 7.1 + 1.4
+    assert "in 0 of 1" in within_noise and "Why, where they do not" in within_noise
 
 
 def test_simulate_stats_and_pretrain_commands(tmp_path, capsys):
