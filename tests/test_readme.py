@@ -34,6 +34,9 @@ SIZE_OPTIONS: dict[str, list[str]] = {
     "table": ["--run.fit.steps", "2", "--seeds", "[0]", "--scenarios", "[frozen]", "--tasks", "[sen1floods11]",
               "--run.data.num_train", "8", "--run.data.num_val", "4", "--run.data.num_test", "4",
               "--run.progress", "false"],
+    "robustness": ["--run.fit.steps", "2", "--seeds", "[0]", "--shifts", "[0, 4]", "--clouds", "[0, 0.25]",
+                   "--run.data.num_train", "8", "--run.data.num_val", "4", "--run.data.num_test", "4",
+                   "--run.progress", "false"],
     "demo": ["--steps", "2", "--num_samples", "16", "--eval_steps", "2", "--eval_scenes", "12"],
 }
 SKIP_PREFIXES = ("python3 -m venv",)

@@ -15,15 +15,13 @@ import math
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from s12mae.evaluation.robustness_config import RobustnessConfig
 from s12mae.evaluation.runner import json_safe
 from s12mae.evaluation.table import NOT_CONVERGED, _cell
 from s12mae.evaluation.tasks import EvalTask
 from s12mae.files import atomic_write
-
-if TYPE_CHECKING:
-    from s12mae.evaluation.robustness import RobustnessConfig
 
 __all__ = ["column_name", "slug", "write_report"]
 
