@@ -135,7 +135,7 @@ def write_report(cfg: RobustnessConfig, task: EvalTask, runs: list[dict[str, Any
             f"fixed complementary mix of L/2 S2 and L/2 S1 tokens, seed {cfg.mix_seed}). S1 shifted down and right "
             "against S2 and the labels; clouds simulated on the S2 image. Blank: not applicable (the encoder has "
             f"no patch embedding for a sensor of that input, or the degradation does not touch it). "
-            f"{NOT_CONVERGED}: a head flagged as not converged.")
+            f"{NOT_CONVERGED}: a head flagged as not converged. Task: {task.notes}.")
     atomic_write(out / "robustness.md", _markdown(cfg, rows, note))
     atomic_write(out / "robustness.csv", _csv(rows))
     ylabel = f"test {task.headline} x 100"
