@@ -139,7 +139,8 @@ class MixedInputModel(EvalModel):
         return self.head.reduce(self.encoder.forward_tokens(torch.where(self.source == 0, t2, t1)))
 
 
-def _mixed_model(cfg: RobustnessConfig, run: EvalConfig, task: EvalTask, view: EvalTask) -> MixedInputModel:
+def _mixed_model(cfg: RobustnessConfig, run: EvalConfig, task: EvalTask) -> MixedInputModel:
+    """The ``both`` model: the encoder of ``run.checkpoint`` on the fixed S2/S1 mix, a new head."""
     from s12mae.methods.mixmae import random_mixing, split_counts
 
     size = tuple(task.train[0][task.sensor].shape[-2:])
@@ -172,7 +173,7 @@ def _run_input(cfg: RobustnessConfig, run: EvalConfig, task: EvalTask, inp: str)
     device = resolve_device(run.device)
     autocast = autocast_context(device, run.precision)
     view = _view(cfg, task, inp)
-    model = (_mixed_model(cfg, run, task, view) if inp == "both" else build_model(run, view)).to(device)
+    model = (_mixed_model(cfg, run, task) if inp == "both" else build_model(run, view)).to(device)
     splits = prepare_splits(run, view, model, device, autocast)
     fitted = fit(run, view, model, splits["train"], splits["val"], device, autocast)
     scores = {}
