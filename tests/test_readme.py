@@ -35,6 +35,9 @@ SIZE_OPTIONS: dict[str, list[str]] = {
               "--run.data.num_train", "8", "--run.data.num_val", "4", "--run.data.num_test", "4",
               "--run.progress", "false"],
     "demo": ["--steps", "2", "--num_samples", "16", "--eval_steps", "2", "--eval_scenes", "12", "--seeds", "1"],
+    "robustness": ["--run.fit.steps", "2", "--seeds", "[0]", "--shifts", "[0, 4]", "--clouds", "[0, 0.25]",
+                   "--run.data.num_train", "8", "--run.data.num_val", "4", "--run.data.num_test", "4",
+                   "--run.progress", "false"],
 }
 SKIP_PREFIXES = ("python3 -m venv",)
 

@@ -24,6 +24,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsin
 from s12mae.cli import commands as c
 from s12mae.config import MOVED_KEYS, PretrainConfig, check_moved_keys
 from s12mae.evaluation import EvalConfig, TableConfig, table
+from s12mae.evaluation.robustness import RobustnessConfig, robustness
 from s12mae.export import ExportConfig, export_encoder
 from s12mae.inference.embed import EmbedConfig, embed_scene
 from s12mae.inference.predict import PredictConfig, predict_scene
@@ -67,6 +68,8 @@ COMMANDS: dict[str, Command] = {cmd.name: cmd for cmd in (
             EvalConfig, c.evaluate, config_file=True),
     Command("table", "Table 2: methods x scenarios x tasks x seeds, mean +- std, Markdown and CSV.",
             TableConfig, table, config_file=True),
+    Command("robustness", "Encoders under S2-only / S1-only / both inputs, S1 shifts and clouds: table and plots.",
+            RobustnessConfig, robustness, config_file=True),
     Command("export", "Export an encoder for timm, the Hugging Face Hub or PANGAEA (weights, config, model card).",
             ExportConfig, export_encoder, config_file=True),
     Command("embed", "Patch embeddings of a whole scene (GeoTIFF, Zarr, or one vector per tile to Parquet).",

@@ -43,11 +43,14 @@ class ReaderTaskDataset(Dataset):
         positions: which of the reader's samples this split holds.
         spec: the input sensor's spec (with the statistics to standardise with).
         label_fn: reader sample -> label tensor.
+        extra: further inputs each sample holds (e.g. S1 GRD for the robustness evaluation), key ->
+            spec; the reader must load them.
     """
 
     def __init__(self, reader: Sequence[dict[str, Any]], positions: Sequence[int], spec: SensorSpec,
-                 label_fn: Callable[[dict[str, Any]], torch.Tensor]) -> None:
+                 label_fn: Callable[[dict[str, Any]], torch.Tensor], extra: dict[str, SensorSpec] | None = None) -> None:
         self.reader, self.positions, self.spec, self.label_fn = reader, list(positions), spec, label_fn
+        self.extra = dict(extra or {})
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -55,10 +58,15 @@ class ReaderTaskDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         position = self.positions[i]
         sample = self.reader[position]
-        key = self.spec.key
-        raw, valid = (torch.from_numpy(np.asarray(sample[k])) for k in (key, f"valid.{key}"))
-        x, _ = model_inputs(self.spec, raw, valid, nodata="mask", where=f"sample {sample.get('id', position)!r}")
-        return {key: x, "label": self.label_fn(sample), "index": torch.tensor(position, dtype=torch.int64)}
+        where = f"sample {sample.get('id', position)!r}"
+        out = {}
+        for spec in (self.spec, *self.extra.values()):
+            if spec.key not in sample:
+                raise ValueError(f"{where}: has no {spec.key!r} input (the robustness evaluation needs every "
+                                 f"sample's {spec.key}); it holds {sorted(sample)}")
+            raw, valid = (torch.from_numpy(np.asarray(sample[k])) for k in (spec.key, f"valid.{spec.key}"))
+            out[spec.key] = model_inputs(spec, raw, valid, nodata="mask", where=where)[0]
+        return {**out, "label": self.label_fn(sample), "index": torch.tensor(position, dtype=torch.int64)}
 
 
 def _split_lists(root: Path, names: tuple[str, str]) -> tuple[set[str], set[str]] | None:
@@ -100,12 +108,13 @@ def _require_path(data: EvalDataConfig, task: str) -> Path:
     return Path(data.path)
 
 
-def _sen1floods11(data: EvalDataConfig) -> EvalTask:
+def _sen1floods11(data: EvalDataConfig, extra: tuple[str, ...] = ()) -> EvalTask:
     from s12mae.readers import Sen1Floods11Reader
 
     root = _require_path(data, "sen1floods11")
-    reader = Sen1Floods11Reader(root, sensors=["s2_l1c", "label.water"])
+    reader = Sen1Floods11Reader(root, sensors=["s2_l1c", *extra, "label.water"])
     spec = get_sensor("s2_l1c", data.stats)
+    more = {key: get_sensor(key, data.stats) for key in extra}
     ids = [item.id for item in reader.items()]
     splits = _split_lists(root, ("flood_train_data.csv", "flood_test_data.csv"))
     train, test, val, how = _positions(ids, splits, lambda sid, names: any(sid.split("/")[-1] in n for n in names),
@@ -116,40 +125,43 @@ def _sen1floods11(data: EvalDataConfig) -> EvalTask:
         ok = torch.from_numpy(np.asarray(sample["valid.s2_l1c"]).all(0))
         return torch.where(ok, y, -1)
 
-    return EvalTask("sen1floods11", "segmentation", spec.key, spec, ("background", "water"),
-                    ReaderTaskDataset(reader, train, spec, label), ReaderTaskDataset(reader, test, spec, label),
-                    "iou_water", source=str(root), notes=f"Sen1Floods11 hand labels, S2 only; {how}",
-                    val=None if val is None else ReaderTaskDataset(reader, val, spec, label))
+    make = lambda positions: ReaderTaskDataset(reader, positions, spec, label, more)
+    inputs = "S2 only" if not extra else f"S2 + {', '.join(extra)}"
+    return EvalTask("sen1floods11", "segmentation", spec.key, spec, ("background", "water"), make(train), make(test),
+                    "iou_water", source=str(root), notes=f"Sen1Floods11 hand labels, {inputs}; {how}",
+                    val=None if val is None else make(val), extra=more)
 
 
-def _bigearthnet(data: EvalDataConfig) -> EvalTask:
+def _bigearthnet(data: EvalDataConfig, extra: tuple[str, ...] = ()) -> EvalTask:
     from s12mae.readers import BigEarthNetV1Reader, BigEarthNetV2Reader, bigearthnet_labels
 
     root = _require_path(data, "bigearthnet")
     classes = tuple(bigearthnet_labels()["labels19"])
     spec = get_sensor("s2_l2a", data.stats)
+    more = {key: get_sensor(key, data.stats) for key in extra}
+    sensors = ["s2_l2a", *extra, "label.multilabel"]
 
     def label(sample: dict[str, Any]) -> torch.Tensor:
         return torch.from_numpy(np.asarray(sample["label.multilabel"]).astype(np.int64))
 
     if (root / "metadata.parquet").is_file():
-        train_r = BigEarthNetV2Reader(root, split="train", sensors=["s2_l2a", "label.multilabel"])
-        test_r = BigEarthNetV2Reader(root, split="test", sensors=["s2_l2a", "label.multilabel"])
-        val_r = BigEarthNetV2Reader(root, split="validation", sensors=["s2_l2a", "label.multilabel"])
-        train = ReaderTaskDataset(train_r, range(len(train_r)), spec, label)
-        test = ReaderTaskDataset(test_r, range(len(test_r)), spec, label)
-        val = ReaderTaskDataset(val_r, range(len(val_r)), spec, label) if len(val_r) else None
+        train_r = BigEarthNetV2Reader(root, split="train", sensors=sensors)
+        test_r = BigEarthNetV2Reader(root, split="test", sensors=sensors)
+        val_r = BigEarthNetV2Reader(root, split="validation", sensors=sensors)
+        train = ReaderTaskDataset(train_r, range(len(train_r)), spec, label, more)
+        test = ReaderTaskDataset(test_r, range(len(test_r)), spec, label, more)
+        val = ReaderTaskDataset(val_r, range(len(val_r)), spec, label, more) if len(val_r) else None
         how = "reBEN split column"
     else:
-        reader = BigEarthNetV1Reader(root, sensors=["s2_l2a", "label.multilabel"])
+        reader = BigEarthNetV1Reader(root, sensors=sensors)
         ids = [item.id for item in reader.items()]
         splits = _split_lists(root, ("train.csv", "test.csv"))
         tr, te, va, how = _positions(ids, splits, lambda sid, n: sid.split("/")[-1] in n, _val_list(root, "val.csv"))
-        train, test = ReaderTaskDataset(reader, tr, spec, label), ReaderTaskDataset(reader, te, spec, label)
-        val = None if va is None else ReaderTaskDataset(reader, va, spec, label)
+        train, test = ReaderTaskDataset(reader, tr, spec, label, more), ReaderTaskDataset(reader, te, spec, label, more)
+        val = None if va is None else ReaderTaskDataset(reader, va, spec, label, more)
     return EvalTask("bigearthnet", "multilabel", spec.key, spec, classes, train, test, "map_micro",
-                    source=str(root), notes=f"BigEarthNet S2 L2A, 19 classes; {how}", val=val)
+                    source=str(root), notes=f"BigEarthNet S2 L2A, 19 classes; {how}", val=val, extra=more)
 
 
-register_task("sen1floods11", "real", _sen1floods11)
-register_task("bigearthnet", "real", _bigearthnet)
+register_task("sen1floods11", "real", _sen1floods11, ("s1_grd",))
+register_task("bigearthnet", "real", _bigearthnet, ("s1_grd",))

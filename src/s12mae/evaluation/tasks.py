@@ -6,7 +6,9 @@ A task is two torch ``Dataset`` splits of sample dicts plus metadata. Each sampl
   ``task.spec`` (the spec's bands in its order);
 * ``"label"``: segmentation: int64 ``(H * label_scale, W * label_scale)`` class indices with
   ``ignore_index`` (-1) for pixels that neither train nor count; multi-label: ``(K,)`` of 0/1;
-* ``"index"``: int64 sample number, used in error messages.
+* ``"index"``: int64 sample number, used in error messages;
+* any of ``task.extra`` (e.g. ``"s1_grd"``, asked for with ``build_task(..., extra=("s1_grd",))``
+  by the robustness evaluation): float32 ``(C, H, W)``, standardised with ``task.extra[key]``.
 
 Real readers plug in with :func:`register_task` (``register_task("bigearthnet", "real", fn)``,
 then ``data.source="real"``). The built-in ``simulated`` source derives every task from
@@ -17,7 +19,7 @@ dataset folder), so the whole evaluation runs without downloads. Nothing simulat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -55,6 +57,8 @@ class EvalTask:
         ignore_index: label value of pixels that neither train nor count (segmentation).
         source: where the data came from, for error messages and ``metrics.json``.
         notes: one line on choices a reader must know (e.g. how clouds are labelled).
+        extra: further inputs every sample holds, key -> the spec they were standardised with
+            (co-located S1 for the robustness evaluation); empty by default.
     """
 
     name: str
@@ -70,6 +74,7 @@ class EvalTask:
     source: str = "dataset"
     notes: str = ""
     val: Dataset | None = None
+    extra: dict[str, SensorSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in ("segmentation", "multilabel"):
@@ -121,21 +126,36 @@ class EvalTask:
                              f"values {values}, expected {what}")
 
 
-TaskBuilder = Callable[[EvalDataConfig], EvalTask]
+TaskBuilder = Callable[..., EvalTask]
 TASKS: dict[tuple[str, str], TaskBuilder] = {}
+EXTRA_INPUTS: dict[tuple[str, str], tuple[str, ...]] = {}
+"""Task and source -> the further inputs (sensor keys) its builder can add to every sample."""
 
 
-def register_task(name: str, source: str, builder: TaskBuilder) -> None:
-    """Make ``builder(data_cfg) -> EvalTask`` the task ``name`` for ``data.source == source``."""
+def register_task(name: str, source: str, builder: TaskBuilder, extra: tuple[str, ...] = ()) -> None:
+    """Make ``builder(data_cfg) -> EvalTask`` the task ``name`` for ``data.source == source``.
+
+    A builder that can add further inputs to its samples lists their keys in ``extra``; it is
+    then called as ``builder(data_cfg, extra=(...))`` when they are asked for.
+    """
     TASKS[(name, source)] = builder
+    EXTRA_INPUTS[(name, source)] = tuple(extra)
 
 
-def build_task(name: str, data: EvalDataConfig) -> EvalTask:
-    """The task ``name`` from the registered builder of ``data.source``."""
+def build_task(name: str, data: EvalDataConfig, extra: tuple[str, ...] = ()) -> EvalTask:
+    """The task ``name`` from the registered builder of ``data.source``, its samples holding the
+    further inputs ``extra`` (sensor keys, e.g. ``("s1_grd",)``) too."""
     if (name, data.source) not in TASKS:
         known = sorted(f"{t} (source {s})" for t, s in TASKS)
         raise ValueError(f"unknown task {name!r} for data source {data.source!r}; registered: {known}")
-    return TASKS[(name, data.source)](data)
+    if not extra:
+        return TASKS[(name, data.source)](data)
+    offered = EXTRA_INPUTS[(name, data.source)]
+    missing = [k for k in extra if k not in offered]
+    if missing:
+        raise ValueError(f"task {name!r} (data source {data.source!r}) cannot provide input(s) {missing}; "
+                         f"it offers {list(offered) or 'none beyond its own'}")
+    return TASKS[(name, data.source)](data, extra=tuple(extra))
 
 
 # --- simulated tasks ---------------------------------------------------------------------------
@@ -166,11 +186,14 @@ def _sim_splits(data: EvalDataConfig) -> tuple[Arrays, Arrays | None, Arrays, st
 
 
 def _sim_datasets(data: EvalDataConfig, spec: SensorSpec, band_index: list[int],
-                  label_fn: Callable[[Arrays, int], torch.Tensor]) -> dict[str, Any]:
-    """``train``, ``val`` (``None`` for a folder) and ``test`` datasets and the ``source`` line."""
+                  label_fn: Callable[[Arrays, int], torch.Tensor], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``train``, ``val`` (``None`` for a folder) and ``test`` datasets, the ``source`` line and the
+    ``extra`` input specs (simulated arrays of those sensor keys, e.g. ``s1_grd``)."""
     train, val, test, source = _sim_splits(data)
-    make = lambda arrays: SimulatedTaskDataset(arrays, spec, band_index, label_fn, source)
-    return {"train": make(train), "val": None if val is None else make(val), "test": make(test), "source": source}
+    specs = {key: get_sensor(key, data.stats) for key in extra}
+    make = lambda arrays: SimulatedTaskDataset(arrays, spec, band_index, label_fn, source, specs)
+    return {"train": make(train), "val": None if val is None else make(val), "test": make(test), "source": source,
+            "extra": specs}
 
 
 class SimulatedTaskDataset(Dataset):
@@ -182,31 +205,50 @@ class SimulatedTaskDataset(Dataset):
         band_index: channels of ``s2_l1c`` that make up the input, in ``spec`` order.
         label_fn: ``(arrays, i) -> label`` tensor of scene ``i``.
         source: name for error messages.
+        extra: further inputs, array key -> spec (every channel, in spec order; nodata -> 0).
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], spec: SensorSpec, band_index: list[int],
-                 label_fn: Callable[[dict[str, np.ndarray], int], torch.Tensor], source: str) -> None:
-        for key in ("s2_l1c",):
+                 label_fn: Callable[[dict[str, np.ndarray], int], torch.Tensor], source: str,
+                 extra: dict[str, SensorSpec] | None = None) -> None:
+        self.extra = dict(extra or {})
+        for key in (_SIM_INPUT, *self.extra):
             if key not in arrays:
                 raise ValueError(f"{source}: has no array {key!r}; it holds {sorted(arrays)}")
         self.arrays, self.spec, self.band_index, self.label_fn, self.source = arrays, spec, band_index, label_fn, source
-        self._inputs: torch.Tensor | None = None
+        self._inputs: dict[str, torch.Tensor | None] = {}
 
     def __len__(self) -> int:
-        return len(self.arrays["s2_l1c"])
+        return len(self.arrays[_SIM_INPUT])
 
-    def _standardised(self) -> torch.Tensor | None:
-        """Every sample's input, standardised once in blocks and kept (a table evaluates many
-        encoders on the same task); ``None`` where that would exceed :data:`INPUT_CACHE_BYTES`."""
-        if self._inputs is None:
-            dn = self.arrays["s2_l1c"]
-            if len(dn) * len(self.band_index) * int(np.prod(dn.shape[2:])) * 4 > INPUT_CACHE_BYTES:
-                return None
-            blocks = [model_inputs(self.spec, torch.from_numpy(np.array(dn[i:i + 64][:, self.band_index])),
-                                   nodata="mask", where=f"{self.source}: samples {i}-{min(i + 64, len(dn)) - 1}")[0]
-                      for i in range(0, len(dn), 64)]
-            self._inputs = torch.cat(blocks)
-        return self._inputs
+    def _read(self, key: str) -> tuple[str, SensorSpec, list[int] | slice]:
+        """Array key, spec and channels of input ``key`` (the task's sensor or an extra one)."""
+        if key == self.spec.key:
+            return _SIM_INPUT, self.spec, self.band_index
+        return key, self.extra[key], slice(None)
+
+    def _standardised(self, key: str) -> torch.Tensor | None:
+        """Every sample's input ``key``, standardised once in blocks and kept (a table evaluates
+        many encoders on the same task); ``None`` where that would exceed :data:`INPUT_CACHE_BYTES`."""
+        if key not in self._inputs:
+            name, spec, channels = self._read(key)
+            dn = self.arrays[name]
+            if len(dn) * spec.num_channels * int(np.prod(dn.shape[2:])) * 4 > INPUT_CACHE_BYTES:
+                self._inputs[key] = None
+            else:
+                blocks = [model_inputs(spec, torch.from_numpy(np.array(dn[i:i + 64][:, channels])), nodata="mask",
+                                       where=f"{self.source}: {name} of samples {i}-{min(i + 64, len(dn)) - 1}")[0]
+                          for i in range(0, len(dn), 64)]
+                self._inputs[key] = torch.cat(blocks)
+        return self._inputs[key]
+
+    def _input(self, key: str, i: int) -> torch.Tensor:
+        kept = self._standardised(key)
+        if kept is not None:
+            return kept[i]
+        name, spec, channels = self._read(key)
+        raw = torch.from_numpy(np.array(self.arrays[name][i][channels]))
+        return model_inputs(spec, raw, nodata="mask", where=f"{self.source}: {name} of sample {i}")[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         try:
@@ -214,13 +256,8 @@ class SimulatedTaskDataset(Dataset):
         except KeyError as err:
             raise ValueError(f"{self.source}: sample {i} has no label array {err}; "
                              f"it holds {sorted(self.arrays)}") from None
-        kept = self._standardised()
-        if kept is not None:
-            x = kept[i]
-        else:
-            dn = torch.from_numpy(np.array(self.arrays["s2_l1c"][i][self.band_index]))
-            x, _ = model_inputs(self.spec, dn, nodata="mask", where=f"{self.source}: sample {i}")
-        return {self.spec.key: x, "label": label, "index": torch.tensor(i, dtype=torch.int64)}
+        sample = {key: self._input(key, i) for key in (self.spec.key, *self.extra)}
+        return {**sample, "label": label, "index": torch.tensor(i, dtype=torch.int64)}
 
 
 INPUT_CACHE_BYTES = 1 << 30
@@ -235,7 +272,7 @@ def _l1c(data: EvalDataConfig) -> SensorSpec:
     return get_sensor(_SIM_INPUT, data.stats)
 
 
-def _water_task(data: EvalDataConfig) -> EvalTask:
+def _water_task(data: EvalDataConfig, extra: tuple[str, ...] = ()) -> EvalTask:
     """Sen1Floods11-style water segmentation on simulated S2 L1C (13 bands)."""
     spec = _l1c(data)
     classes = ("background", "water", "cloud") if data.cloud == "class" else ("background", "water")
@@ -251,12 +288,12 @@ def _water_task(data: EvalDataConfig) -> EvalTask:
 
     return EvalTask(
         name="sen1floods11", kind="segmentation", sensor=spec.key, spec=spec, class_names=classes,
-        **_sim_datasets(data, spec, list(range(spec.num_channels)), label), headline="iou_water",
+        **_sim_datasets(data, spec, list(range(spec.num_channels)), label, extra), headline="iou_water",
         notes=f"simulated: water = majority class water; cloud pixels: {data.cloud}",
     )
 
 
-def _multilabel_task(data: EvalDataConfig) -> EvalTask:
+def _multilabel_task(data: EvalDataConfig, extra: tuple[str, ...] = ()) -> EvalTask:
     """BigEarthNet-style multi-label land cover on simulated S2 'L2A' (12 bands, no B10).
 
     The simulator writes L1C only and simulates no atmospheric correction: the L2A input is the
@@ -273,19 +310,19 @@ def _multilabel_task(data: EvalDataConfig) -> EvalTask:
 
     return EvalTask(
         name="bigearthnet", kind="multilabel", sensor=l2a.key, spec=l2a, class_names=LAND_COVER_CLASSES,
-        **_sim_datasets(data, l2a, index, label), headline="map_micro",
+        **_sim_datasets(data, l2a, index, label, extra), headline="map_micro",
         notes="simulated: 6 land-cover presence labels (>= 1 % of the scene); L2A = L1C without B10",
     )
 
 
-def _srseg_task(data: EvalDataConfig) -> EvalTask:
+def _srseg_task(data: EvalDataConfig, extra: tuple[str, ...] = ()) -> EvalTask:
     """UrbanSRSeg8-style land cover at 4x the input resolution (simulated ``landcover_hr``)."""
     spec = _l1c(data)
 
     def label(arrays: dict[str, np.ndarray], i: int) -> torch.Tensor:
         return torch.from_numpy(np.array(arrays["landcover_hr"][i])).long()
 
-    splits = _sim_datasets(data, spec, list(range(spec.num_channels)), label)
+    splits = _sim_datasets(data, spec, list(range(spec.num_channels)), label, extra)
     arrays = splits["train"].arrays
     scale = arrays["landcover_hr"].shape[-1] // arrays[_SIM_INPUT].shape[-1]
     return EvalTask(
@@ -295,9 +332,13 @@ def _srseg_task(data: EvalDataConfig) -> EvalTask:
     )
 
 
-register_task("sen1floods11", "simulated", _water_task)
-register_task("bigearthnet", "simulated", _multilabel_task)
-register_task("srseg", "simulated", _srseg_task)
+_SIM_EXTRA = ("s1_grd",)
+"""Further inputs the simulated tasks can add: the simulator's co-located S1 GRD (dB; NaN in
+scenes without S1, which become 0, the standardised mean)."""
+
+register_task("sen1floods11", "simulated", _water_task, _SIM_EXTRA)
+register_task("bigearthnet", "simulated", _multilabel_task, _SIM_EXTRA)
+register_task("srseg", "simulated", _srseg_task, _SIM_EXTRA)
 
 
 VAL_SPLIT_SEED = 12345
