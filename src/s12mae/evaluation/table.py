@@ -117,14 +117,18 @@ def _value(record: dict[str, Any] | None) -> float:
 
 
 def _note(cfg: TableConfig, sources: list[str], flagged: int) -> str:
+    metrics = {"bigearthnet": "BEN: micro mAP", "sen1floods11": "Sen1Floods: IoU of the water class",
+               "srseg": "SRSeg: mIoU"}
+    named = "; ".join(metrics[t] for t in cfg.tasks if t in metrics)
     note = (f"Headline metric x 100, mean ± sample std over {len(cfg.seeds)} seed(s) {list(cfg.seeds)}; best per "
-            "scenario in bold. BEN: micro mAP; Sen1Floods: IoU of the water class; SRSeg: mIoU. Baselines: pixels "
+            f"scenario in bold. {named + '. ' if named else ''}Baselines: pixels "
             "= the same head on raw standardised patch pixels (no encoder); random init = an untrained encoder. "
             "Ridge (closed form) = a ridge probe on the frozen, standardised features, penalty chosen on "
             f"validation. Heads are selected on validation, tested once. Data: {'; '.join(sources)}.")
     if flagged:
         note += (f" {NOT_CONVERGED} = at least one run of the cell was still improving at the end ({flagged} run(s)); "
-                 "its number understates what the features allow (see the run's curves.png).")
+                 "its number understates what the features allow (see the run's "
+                 f"{'curves.png' if cfg.run.num_plot else 'metrics.json, train.val_loss'}).")
     if any("simulated" in s for s in sources):
         note += " SIMULATED data: a smoke check of the pipeline, not results."
     return note
