@@ -37,6 +37,7 @@ from s12mae.evaluation import (
 )
 from s12mae.evaluation.fitting import fit
 from s12mae.evaluation.heads import InputAdapter
+from s12mae.evaluation.saved_model import file_sha256
 from s12mae.export import save_encoder
 from s12mae.models.vit import build_encoder
 from s12mae.sensors import get_sensor
@@ -376,3 +377,20 @@ def test_evaluate_standardises_with_the_statistics_the_encoder_was_trained_with(
     assert used["s2_l1c"]["bands"]["B01"]["mean"] == 0.2
     saved = json.loads((out / "metrics.json").read_text())["config"]
     assert saved["data"]["stats"] == str(out / "encoder_stats.json")
+
+
+def test_table_reruns_a_finished_cell_whose_encoder_file_was_replaced(tmp_path):
+    torch.set_num_threads(1)
+    enc = _save(tmp_path / "encoder.safetensors", {"s2_l1c": 13}, seed=0)
+    run = _cfg(enc, steps=1, data=EvalDataConfig(img_size=32, num_train=4, num_test=2, num_val=2), num_plot=0)
+    cfg = TableConfig(checkpoints={"E": enc}, baselines=[], scenarios=["frozen"], tasks=["sen1floods11"], seeds=[0],
+                      out_dir=str(tmp_path / "t"), run=run)
+    metrics = tmp_path / "t" / "runs" / "frozen" / "E" / "sen1floods11" / "seed0" / "metrics.json"
+    table(cfg)
+    first, written = json.loads(metrics.read_text())["checkpoint_sha256"], metrics.stat().st_mtime_ns
+    table(cfg)  # unchanged file: the finished run is reused, not run again
+    assert metrics.stat().st_mtime_ns == written
+    _save(tmp_path / "encoder.safetensors", {"s2_l1c": 13}, seed=1)  # retrained at the same path
+    table(cfg)
+    second = json.loads(metrics.read_text())["checkpoint_sha256"]
+    assert second != first and second == file_sha256(enc) and metrics.stat().st_mtime_ns != written

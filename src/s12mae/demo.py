@@ -51,8 +51,7 @@ def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None
         out: demo folder (created; an existing one must not hold an earlier demo's runs).
         steps: pretraining steps per method (default: the recipe's).
         num_samples: simulated scenes (default: the recipe's).
-        eval_steps: head-training steps per downstream task (default: the evaluation's,
-            :class:`s12mae.evaluation.FitConfig`).
+        eval_steps: head-training steps per run of the table (default :data:`DEMO_FIT_STEPS`).
         eval_scenes: training scenes per downstream task (default 96); validation and test
             get a third as many each.
         seeds: head seeds per table cell (the random-init encoder's too): mean +- std over them.
@@ -96,7 +95,7 @@ def run_demo(out: Path, steps: int | None = None, num_samples: int | None = None
               f"pictures and metrics in {result.run_dir}", flush=True)
     result = _demo_table(out, recipe, stats_path, eval_steps, eval_scenes or DEMO_EVAL_SCENES, seeds)
     summary["table"] = str(out / "table" / "table.md")
-    summary["verdict"] = verdict = pretraining_verdict(result["rows"])
+    summary["verdict"] = verdict = pretraining_verdict(result["rows"], steps or recipe.train.steps)
     print(f"[{time.perf_counter() - t0:5.1f}s] frozen-encoder table on simulated tasks, {seeds} seed(s) "
           f"(a smoke check, not results):\n{result['markdown']}\n{verdict}", flush=True)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -111,7 +110,7 @@ DEMO_TASKS = ("bigearthnet", "sen1floods11")
 """Tasks of the demo's table (ours): the 4x super-resolution task's heads took three quarters of
 a 3-task table's time (260 of 350 s on 2 cores), so the demo leaves it to ``s12mae table``."""
 DEMO_FIT_STEPS = 500
-"""Head steps per run in the demo's table (ours: the 2000 of ``FitConfig`` for 45 runs would not
+"""Head steps per run in the demo's table (ours: the 2000 of ``FitConfig`` for its 30 runs would not
 fit the 5-minute demo; a run still falling at the end is marked in the table)."""
 
 
@@ -144,13 +143,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
 
 
-def pretraining_verdict(rows: list[dict[str, object]]) -> str:
+def pretraining_verdict(rows: list[dict[str, object]], steps: int = 200) -> str:
     """Did the pretrained encoders beat ``random init`` (and ``pixels``) with a frozen head?
 
     Counted from the table's frozen rows: a pretrained encoder beats a baseline on a task when its
     mean over seeds exceeds the baseline's by more than both standard deviations added (with one
     seed: by any margin). Says so either way; where pretraining does not win, says why the demo
-    expects that (measured in ``docs/demo-world.md``).
+    expects that (measured in ``docs/demo-world.md`` for the recipe's 200 pretraining steps;
+    ``steps`` is this run's count).
     """
     frozen = {(str(r["model"]), str(r["task"])): [float(v) for v in r["values"]]  # type: ignore[union-attr]
               for r in rows if r["scenario"] == "frozen"}
@@ -171,10 +171,11 @@ def pretraining_verdict(rows: list[dict[str, object]]) -> str:
     head = (f"Verdict: pretrained encoders beat random init with a frozen head in {wins} of {cells} "
             "(method, task) cells (mean over seeds above the baseline's by more than both stds).")
     if wins < cells:
-        head += ("\nWhy, where they do not: in 200 CPU steps the demo's MAE learns little more than each "
-                 "image's mean colour (its masked-patch error equals that of predicting the image mean, "
-                 "although the world's context predicts hidden patches 8% better), so its tokens hold no "
-                 "more than a random encoder's; a cell within the seeds' spread is no win either. "
+        head += (f"\nWhy, where they do not: this run pretrained for {steps} steps; in the recipe's 200 CPU steps "
+                 "the demo's MAE learns little more than each image's mean colour (its masked-patch error "
+                 "equals that of predicting the image mean, although the world's context predicts hidden "
+                 "patches 8% better), so its tokens hold no more than a random encoder's; a cell within "
+                 "the seeds' spread is no win either. "
                  "Measured in docs/demo-world.md; longer pretraining (--steps) or real data is where "
                  "pretraining can pay.")
     return "\n".join([head, *lines])

@@ -222,7 +222,7 @@ def convergence(val: list[dict[str, float]], history: list[dict[str, float]], to
     if steps <= warmup:
         return False, (f"the run ended within its learning-rate warmup ({steps} steps, warmup {warmup}); the head "
                        "has not converged: train longer (fit.steps)"), 1.0
-    if len(val) < 2:
+    if len(val) < 3:  # before training and at the end only: no late rate to compare (not judged)
         return True, None, 0.0
     first, last = val[0], val[-1]
     mid = min(val[:-1], key=lambda r: abs(r["step"] - 0.5 * steps))

@@ -39,7 +39,7 @@ __all__ = ["build_model", "evaluate", "json_safe", "load_eval_encoder", "param_g
 
 STATS_SAMPLES = 4096
 """Uncached runs (finetune, or features too big to keep): the head's standardisation statistics
-come from at most this many training samples (ours)."""
+come from about this many training samples, evenly spaced over the split (ours)."""
 
 
 def load_eval_encoder(cfg: EvalConfig, size: tuple[int, int], spec: SensorSpec) -> ViTEncoder | PixelEncoder:
@@ -120,7 +120,7 @@ def _fit_standardize(cfg: EvalConfig, task: EvalTask, model: EvalModel, train: S
     if train.cached is not None:
         norm.fit(f for f, _ in train.cached.batches(cfg.eval_batch_size))
         return
-    subset = torch.utils.data.Subset(train.dataset, range(min(len(train), STATS_SAMPLES)))
+    subset = torch.utils.data.Subset(train.dataset, range(0, len(train), max(1, len(train) // STATS_SAMPLES)))  # spread over the split
     was_training = model.training
     model.eval()
 
@@ -173,6 +173,16 @@ def _training_record(cfg: EvalConfig, fitted: FitResult, val_how: str, cached: b
         "selected": {"by": cfg.fit.select, **fitted.selected}, "validation": val_how,
         "converged": fitted.converged, "late_rate": round(fitted.late_rate, 4), "features_cached": cached,
     }
+
+
+def checkpoint_sha256(checkpoint: str) -> str | None:
+    """SHA-256 of the encoder file (``None`` for ``random``/``pixels``): a table reuses a finished
+    run only for the same file content, not just the same path."""
+    if not Path(checkpoint).is_file():
+        return None
+    from s12mae.evaluation.saved_model import file_sha256
+
+    return file_sha256(checkpoint)
 
 
 def _stats_used(cfg: EvalConfig, task: EvalTask) -> dict[str, dict[str, str]]:
@@ -249,6 +259,7 @@ def run_evaluation(cfg: EvalConfig, task: EvalTask | None = None) -> dict[str, A
         "task": describe(task),
         "scenario": cfg.scenario,
         "checkpoint": cfg.checkpoint,
+        "checkpoint_sha256": checkpoint_sha256(cfg.checkpoint),
         "stats": _stats_used(cfg, task),
         "encoder": {"sensor": plan.encoder_sensor, "filled_bands": list(plan.filled), "input_size": list(plan.size),
                     "task_size": list(plan.task_size), "patch_size": model.encoder.patch_size,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from s12mae.evaluation.config import EvalConfig, TableConfig
-from s12mae.evaluation.runner import json_safe, run_evaluation
+from s12mae.evaluation.runner import checkpoint_sha256, json_safe, run_evaluation
 from s12mae.evaluation.tasks import build_task
 from s12mae.files import atomic_write
 
@@ -108,7 +108,9 @@ def _reusable(path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return old if old.get("config") == json.loads(json.dumps(cfg.to_dict())) else None
+    if old.get("config") != json.loads(json.dumps(cfg.to_dict())):
+        return None
+    return old if old.get("checkpoint_sha256") == checkpoint_sha256(cfg.checkpoint) else None  # retrained? rerun
 
 
 def _value(record: dict[str, Any] | None) -> float:

@@ -487,18 +487,23 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
         for cb in callbacks:
             cb(step, record)
         done = step + 1
-        if d.rank == 0 and cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
-            held = {t: td.held_out for t, td in data.items() if td.held_out is not None}
-            for val_record in held_out_losses(method, held, micro, d.device, autocast, step, val_cache,
+        held_now = bool(cfg.train.eval_every) and (done % cfg.train.eval_every == 0 or done == cfg.train.steps)
+        probe_now = bool(cfg.train.probe_every) and (done % cfg.train.probe_every == 0 or done == cfg.train.steps)
+        with errors.caught():  # a held-out loss or probe failing on rank 0 stops every rank, not only rank 0
+            if d.rank == 0 and held_now:
+                held = {t: td.held_out for t, td in data.items() if td.held_out is not None}
+                for val_record in held_out_losses(method, held, micro, d.device, autocast, step, val_cache,
                                                   {t: data[t].prepare for t in held}):
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(val_record) + "\n")
+                    sinks.log(val_record)
+            if probe is not None and probe_now:
+                probe_record = probe(method, step)
                 with metrics_path.open("a") as f:
-                    f.write(json.dumps(val_record) + "\n")
-                sinks.log(val_record)
-        if probe is not None and (done % cfg.train.probe_every == 0 or done == cfg.train.steps):
-            probe_record = probe(method, step)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(probe_record) + "\n")
-            sinks.log(probe_record)
+                    f.write(json.dumps(probe_record) + "\n")
+                sinks.log(probe_record)
+        if held_now or probe_now:
+            errors.raise_if_any()
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
             loop_state = {"rng_cpu": torch.get_rng_state(), "method": cfg.method}
             with errors.caught():  # a full disk on rank 0 stops every rank

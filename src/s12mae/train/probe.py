@@ -12,8 +12,9 @@ its frozen features:
   target of its ``k`` nearest training rows by cosine similarity of the standardised features.
 
 The labelled set is built once and its samples are fixed, so successive probes differ only by
-the weights. The probe draws no random number from the training's generators (the head's
-initialisation runs under :func:`torch.random.fork_rng`), and the encoder is put back in the
+the weights. The head's initialisation runs under :func:`torch.random.fork_rng`; the feature loaders do
+draw a base seed from the global generator, which is harmless because the loop reseeds every
+step from the run's key; and the encoder is put back in the
 mode it was in, so a run with probes trains exactly as one without (and resumes exactly).
 FSDP-sharded runs refuse ``probe_every`` at config time: rank 0 alone holds no full encoder.
 """
