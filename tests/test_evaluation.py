@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 from types import SimpleNamespace
@@ -394,3 +395,13 @@ def test_table_reruns_a_finished_cell_whose_encoder_file_was_replaced(tmp_path):
     table(cfg)
     second = json.loads(metrics.read_text())["checkpoint_sha256"]
     assert second != first and second == file_sha256(enc) and metrics.stat().st_mtime_ns != written
+
+
+def test_table_csv_counts_only_the_seeds_with_a_value():
+    from s12mae.evaluation.table import format_table
+
+    rows = [{"scenario": "frozen", "model": "E", "task": "sen1floods11", "values": [0.5, math.nan, 0.7],
+             "not_converged": 0}]
+    _, text = format_table(rows, ["sen1floods11"], {"sen1floods11": "iou_water"}, "note")
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["n"] == "2" and float(row["mean"]) == pytest.approx(60.0)

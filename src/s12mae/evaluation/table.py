@@ -59,7 +59,8 @@ def format_table(rows: list[dict[str, Any]], tasks: Sequence[str], headlines: Ma
     order: list[tuple[str, str]] = []
     for r in rows:
         mean, std = _cell(r["values"])
-        cells[(r["scenario"], r["model"], r["task"])] = (mean, std, len(r["values"]))
+        finite = sum(v is not None and not math.isnan(v) for v in r["values"])  # the seeds _cell averages
+        cells[(r["scenario"], r["model"], r["task"])] = (mean, std, finite)
         if (r["scenario"], r["model"]) not in order:
             order.append((r["scenario"], r["model"]))
     best = {}
