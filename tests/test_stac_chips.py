@@ -98,6 +98,12 @@ def config(url: str) -> StacSearchConfig:
     )
 
 
+def shards_of_pairs(tmp_path, *extra: str) -> int:
+    """``s12mae shards`` of the pairs in ``tmp_path/pairs`` into ``tmp_path/set``."""
+    return main(["shards", "--data", str(tmp_path / "pairs"), "--layout", "pairs", "--out", str(tmp_path / "set"),
+                 *SHARDS, *extra])
+
+
 def test_shards_read_chips_from_stac_asset_hrefs(archive, stac_server, s3, tmp_path, monkeypatch):
     items, s2_values, _ = archive
     api = stac_server(items)
@@ -106,21 +112,7 @@ def test_shards_read_chips_from_stac_asset_hrefs(archive, stac_server, s3, tmp_p
     rows = {r["s2_id"]: r for r in pq.read_table(tmp_path / "pairs" / "pairs.parquet").to_pylist()}
     assert json.loads(rows["S2A_new"]["s2_assets"])["B04"].startswith(f"s3://{s3.name}/")
     start = len(s3.server.log)
-    assert (
-        main(
-            [
-                "shards",
-                "--data",
-                str(tmp_path / "pairs"),
-                "--layout",
-                "pairs",
-                "--out",
-                str(tmp_path / "set"),
-                *SHARDS,
-            ]
-        )
-        == 0
-    )
+    assert shards_of_pairs(tmp_path) == 0
     cogs = [
         e for e in s3.server.log[start:] if e["method"] == "GET" and e["path"].endswith((".tif", ".tiff"))
     ]
@@ -169,23 +161,7 @@ def test_missing_throttled_and_unreachable_assets_name_the_item(
     with pytest.raises(ValueError, match=rf"s2_id S2A_new.*{b03}: not found"):
         folder[new]
     # --skip_bad skips it with the reason, and the other scene's chips are written
-    assert (
-        main(
-            [
-                "shards",
-                "--data",
-                str(tmp_path / "pairs"),
-                "--layout",
-                "pairs",
-                "--out",
-                str(tmp_path / "set"),
-                *SHARDS,
-                "--skip_bad",
-                "true",
-            ]
-        )
-        == 0
-    )
+    assert shards_of_pairs(tmp_path, "--skip_bad", "true") == 0
     chips = list(read_samples(tmp_path / "set"))
     assert {c["meta"]["pair"]["s2_id"] for c in chips} == {"S2A_old"}
     # refused credentials: access denied, naming the item, never the secret
