@@ -148,3 +148,15 @@ def test_checker_sees_function_level_relative_and_parent_package_imports(tmp_pat
                                            ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, True)])
 def test_find_cycle(graph, cyclic):
     assert (find_cycle(graph) is not None) == cyclic
+
+
+def test_pairing_and_stac_run_without_importing_torch():
+    """Pairing 40M rows runs under a tight address-space cap (RLIMIT_AS); importing torch alone
+    reserves about 3 GiB of address space, so the data-side modules must not pull it in."""
+    import subprocess
+    import sys
+
+    code = ("import sys, s12mae.pairing, s12mae.stac, s12mae.sensors, s12mae.storage; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing the pairing modules imported {out.strip()}"

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from s12mae.files import atomic_write
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so pairing and data tools run without it
+    import torch
 
 __all__ = [
     "Band",
@@ -125,6 +127,8 @@ class SensorSpec:
     def _stat_tensors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.stats:
             raise ValueError(f"sensor {self.key!r} has no band statistics loaded")
+        import torch
+
         mean = torch.tensor([self.stats[b].mean for b in self.band_names], dtype=x.dtype, device=x.device)
         std = torch.tensor([self.stats[b].std for b in self.band_names], dtype=x.dtype, device=x.device)
         return mean.view(-1, 1, 1), std.view(-1, 1, 1)
@@ -133,6 +137,8 @@ class SensorSpec:
         """File values (``(..., C, H, W)``) to physical units; nodata becomes NaN."""
         x = dn.float()
         if not math.isnan(self.nodata):
+            import torch
+
             x = torch.where(dn == self.nodata, torch.nan, x)
         return x * self.dn_scale + self.dn_offset
 

@@ -23,8 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsin
 
 from s12mae.cli import commands as c
 from s12mae.config import MOVED_KEYS, PretrainConfig, check_moved_keys
-from s12mae.evaluation import EvalConfig, TableConfig, table
-from s12mae.evaluation.robustness import RobustnessConfig, robustness
+from s12mae.evaluation import EvalConfig, RobustnessConfig, TableConfig, robustness, table
 from s12mae.export import ExportConfig, export_encoder
 from s12mae.inference.embed import EmbedConfig, embed_scene
 from s12mae.inference.predict import PredictConfig, predict_scene

@@ -4,6 +4,8 @@
   scenario -> ``metrics.json`` + ``predictions.png`` + ``curves.png``.
 * :func:`table` (a :class:`TableConfig`): the grid models x scenarios x tasks x seeds, with the
   ``pixels`` and ``random init`` baselines and the closed-form ridge probe -> ``table.md`` / ``table.csv``.
+* :func:`robustness` (a :class:`RobustnessConfig`): heads trained on clean data, tested with S1
+  shifted and S2 clouded, per input (``s2``, ``s1``, ``both``).
 * :class:`EvalTask` + :func:`register_task`: how a dataset plugs in (simulated tasks built in).
 
 How a head is trained, validated, selected and checked for convergence: :mod:`.fitting`.
@@ -24,6 +26,7 @@ from s12mae.evaluation.fitting import FitResult, convergence, fit, param_groups
 from s12mae.evaluation.heads import EvalModel, InputPlan, plan_input
 from s12mae.evaluation.metrics import MultilabelMeter, SegmentationMeter, confusion_matrix, iou_from_confusion
 from s12mae.evaluation.probes import ridge_probe
+from s12mae.evaluation.robustness import RobustnessConfig, robustness
 from s12mae.evaluation.runner import build_model, evaluate, prepare_splits, run_evaluation
 from s12mae.evaluation.table import format_table, table
 from s12mae.evaluation.tasks import TASKS, EvalTask, build_task, register_task, with_validation
@@ -42,6 +45,7 @@ __all__ = [
     "InputPlan",
     "MultilabelMeter",
     "PixelEncoder",
+    "RobustnessConfig",
     "SegmentationMeter",
     "Standardize",
     "TableConfig",
@@ -58,6 +62,7 @@ __all__ = [
     "prepare_splits",
     "register_task",
     "ridge_probe",
+    "robustness",
     "run_evaluation",
     "table",
     "with_validation",
