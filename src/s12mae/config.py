@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from s12mae.models.decoder import DECODERS
 from s12mae.models.vit import ENCODERS
+from s12mae.paths import is_url
 from s12mae.sensors import get_sensor
 from s12mae.simulate import SimulationConfig
 
@@ -265,7 +266,12 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto`` = bf16 autocast on CUDA, fp32 on CPU."""
     out_dir: str = "runs/pretrain"
-    """Run folder: config, metrics.jsonl, loss curve, pictures, checkpoints."""
+    """Run folder: config, metrics.jsonl, loss curve, pictures, checkpoints. A URL (``s3://``,
+    ``gs://``, ...) keeps the run on object storage: it works in ``local_dir`` and uploads after
+    every checkpoint and at the end (:mod:`s12mae.train.mirror`)."""
+    local_dir: str | None = None
+    """Local working folder of a run whose ``out_dir`` is a URL; ``None`` = one per URL under
+    ``$S12MAE_CACHE/runs`` (``~/.cache/s12mae/runs``). Ignored for a local ``out_dir``."""
     log_every: int = 1
     """Write a metrics line every this many steps."""
     checkpoint_every: int = 100
@@ -305,6 +311,9 @@ class TrainConfig:
                "train.eval_every: the held-out loss runs on rank 0 alone, which an FSDP-sharded model "
                "cannot do; use train.parallel=ddp or train.eval_every=0")
         _check(self.probe_every >= 0, f"train.probe_every: must be >= 0, got {self.probe_every}")
+        _check(not (self.parallel == "fsdp" and is_url(self.out_dir)),
+               f"train.out_dir: {self.out_dir.split('://')[0]}:// with train.parallel=fsdp: every rank writes its "
+               "own checkpoint shards, which are not mirrored to object storage; use a folder every rank can write")
         _check(not (self.probe_every and self.parallel == "fsdp"),
                "train.probe_every: the frozen probe runs on rank 0 alone, which an FSDP-sharded model "
                "cannot do; use train.parallel=ddp or train.probe_every=0")

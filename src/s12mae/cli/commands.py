@@ -16,6 +16,7 @@ from s12mae.config import PretrainConfig
 from s12mae.evaluation.config import EvalConfig
 from s12mae.methods import METHODS
 from s12mae.pairing import DEFAULT_MAX_DAYS, DEFAULT_MIN_OVERLAP, DEFAULT_NEAREST_DAYS, Match
+from s12mae.paths import is_url
 from s12mae.shards import ShardConfig
 from s12mae.simulate import SimulationConfig
 
@@ -54,7 +55,8 @@ def pretrain(cfg: PretrainRun) -> None:
     from s12mae.train.loop import pretrain as run
 
     result = run(cfg.run_config(), resume=cfg.resume)
-    print(f"run folder: {result.run_dir}")
+    out = cfg.train.out_dir
+    print(f"run folder: {out} (working copy: {result.run_dir})" if is_url(out) else f"run folder: {result.run_dir}")
 
 
 def evaluate(cfg: EvalConfig) -> None:

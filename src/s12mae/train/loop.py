@@ -45,6 +45,7 @@ from s12mae.data import (
 )
 from s12mae.files import atomic_write
 from s12mae.methods import build_method
+from s12mae.paths import is_url
 from s12mae.runtime import autocast_context, resolve_device, set_lr
 from s12mae.sensors import SensorSpec
 from s12mae.shards import is_shard_set
@@ -61,6 +62,7 @@ from s12mae.train.checks import EmptyTargets
 from s12mae.train.datastats import simulated_arrays, with_data_statistics
 from s12mae.train.heldout import held_out_losses, split_held_out
 from s12mae.train.loggers import Sinks, open_sinks
+from s12mae.train.mirror import RunMirror
 from s12mae.train.optim import build_optimizer, lr_at
 from s12mae.train.probe import FrozenProbe, plot_probe_curve
 from s12mae.train.ranks import RankErrors
@@ -297,7 +299,7 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
 # folder the saved config was read from: relative, with a trailing slash or moved, it is the same run.
 _RESUME_MAY_CHANGE = {"train.steps", "train.progress", "train.threads", "train.log_every",
                       "train.checkpoint_every", "train.device", "data.num_workers", "train.logger",
-                      "train.eval_every", "train.out_dir", "train.compile", "train.grad_checkpointing",
+                      "train.eval_every", "train.out_dir", "train.local_dir", "train.compile", "train.grad_checkpointing",
                       "train.probe_every", *(f"train.probe.{f.name}" for f in fields(ProbeConfig))}
 
 
@@ -360,17 +362,24 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Sequence[Call
     """
     d = _setup(cfg)
     errors = RankErrors(d.world, d.device)
+    mirror = RunMirror(cfg.train.out_dir, cfg.train.local_dir) if is_url(cfg.train.out_dir) else None
     # locked for this run; a killed run's temporaries removed; nothing left if it fails before a checkpoint
-    with RunFolder(Path(cfg.train.out_dir), d.rank, errors) as folder:
+    with RunFolder(mirror.local if mirror else Path(cfg.train.out_dir), d.rank, errors) as folder:
+        with errors.caught():
+            if mirror is not None and d.rank == 0:
+                mirror.pull(resume)  # refuses to start over the URL's run, or downloads what a resume needs
+        errors.raise_if_any()
         with errors.caught():
             resume_from = _checkpoint_to_resume(folder.path, resume)
         errors.raise_if_any()
-        return _pretrain(cfg, d, errors, folder.path, resume_from, callbacks)
+        return _pretrain(cfg, d, errors, folder.path, resume_from, callbacks, mirror)
 
 
 def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path, resume_from: Path | None,
-              callbacks: Sequence[Callback]) -> RunResult:
-    """The run in its locked folder; ``asked`` is the config as given (saved, compared on resume)."""
+              callbacks: Sequence[Callback], mirror: RunMirror | None = None) -> RunResult:
+    """The run in its locked folder; ``asked`` is the config as given (saved, compared on resume);
+    ``mirror``: the URL the folder is uploaded to after each checkpoint and at the end (rank 0)."""
+    push = mirror.push if mirror is not None and d.rank == 0 else lambda: None
     torch.manual_seed(asked.train.seed)  # identical initial weights on every rank
     method = build_method(asked).to(d.device)  # statistics do not enter the weights
     sensors = sorted({s for task in method.tasks for s in method.task_sensors(task)})
@@ -400,6 +409,7 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
         if d.rank == 0:
             _finish(run_dir, cfg, method, _task_data(cfg, method, d, 1, {t: [] for t in method.tasks}),
                     cfg.train.steps - 1, d.device)
+            push()
         return RunResult(run_dir, history, method)
     micro, accum = _batch_sizes(cfg, d)
     schedule = TaskSchedule(method.tasks, cfg.schedule.sequence, cfg.schedule.weights, cfg.train.seed)
@@ -511,6 +521,7 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
                     save_sharded_checkpoint(run_dir, done, method, optimizer, loop_state)
                 elif d.rank == 0:
                     save_checkpoint(run_dir, done, method, {**loop_state, "optimizer": optimizer.state_dict()})
+                    push()  # a URL's copy follows every checkpoint (``latest`` uploaded last)
             errors.raise_if_any()
     bar.close()
     sinks.close()
@@ -518,6 +529,7 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
     with errors.caught():  # pictures and export on rank 0; its failure stops every rank
         if d.rank == 0:
             _finish(run_dir, cfg, method, data, cfg.train.steps - 1, d.device)
+            push()
     errors.raise_if_any()  # a collective: also the barrier at the end of the run
     return RunResult(run_dir, history + this_run if d.rank == 0 else this_run, method)
 
