@@ -15,14 +15,14 @@ kernels. torch's for-loop spends most of a CPU step in three places:
 * fresh ``(n, m)`` temporaries (page faults): one scratch buffer, as large as the largest
   parameter, is reused for ``grad**2`` and then ``U``.
 
-Sums run in another order than torch's, so parameters agree with torch's to float32 rounding
-(relative ~1e-6 after a few steps), not bit for bit. Parameters off the CPU, and groups that
+Sums and roots run in another order than torch's, so factored parameters agree with torch's to
+a few float32 ulps, not bit for bit (vectors and 0-D tensors: bit for bit). Parameters off the CPU, and groups that
 ask for ``foreach=True``, take torch's own step unchanged (the slow norm is a CPU kernel issue).
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -37,13 +37,19 @@ class Adafactor(torch.optim.Adafactor):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}  # see _buffer
+
+    def __setstate__(self, state: dict) -> None:  # unpickling skips __init__
+        super().__setstate__(state)
+        self._scratch = {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One optimizer step (torch's algorithm); ``closure`` re-evaluates the loss."""
         if not self._fast_path_applies():
-            return super().step(closure)
+            # torch's own step; unwrapped, since torch wraps it in the step hooks once another
+            # torch Adafactor exists, and ours already ran them
+            return inspect.unwrap(torch.optim.Adafactor.step)(self, closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -76,7 +82,8 @@ class Adafactor(torch.optim.Adafactor):
             raise RuntimeError("Adafactor does not support sparse gradients")
         state = self.state[p]
         if len(state) == 0:
-            state["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
+            float64 = torch.get_default_dtype() == torch.float64  # torch's rule for the step's dtype
+            state["step"] = torch.tensor(0.0, dtype=torch.float64 if float64 else torch.float32)
             if p.grad.dim() > 1:
                 state["row_var"] = p.grad.new_zeros((*p.grad.shape[:-1], 1))
                 state["col_var"] = p.grad.new_zeros((*p.grad.shape[:-2], 1, p.grad.shape[-1]))
