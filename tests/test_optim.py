@@ -47,4 +47,5 @@ def test_adamw_is_fused_on_cpu_and_steps_like_the_plain_loop():
 
 def test_adafactor_is_ours_with_decay_groups():
     opt = build_optimizer(_model(), OptimConfig(name="adafactor"))
-    assert isinstance(opt, Adafactor) and isinstance(opt, torch.optim.Adafactor) and [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert isinstance(opt, Adafactor) and isinstance(opt, torch.optim.Adafactor)  # torch's, faster on CPU
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]

@@ -67,6 +67,7 @@ class Adafactor(torch.optim.Adafactor):
         return loss
 
     def _fast_path_applies(self) -> bool:
+        """Every parameter on the CPU, no group asking for foreach, no AMP grad scaler attached."""
         if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
             return False  # torch raises its own error for these
         return all(
