@@ -7,6 +7,7 @@ import torch
 from s12mae.config import OptimConfig
 from s12mae.methods.mae import MAE
 from s12mae.models.vit import build_encoder
+from s12mae.train.adafactor import Adafactor
 from s12mae.train.optim import build_optimizer
 
 
@@ -44,6 +45,7 @@ def test_adamw_is_fused_on_cpu_and_steps_like_the_plain_loop():
     assert all(moved)
 
 
-def test_adafactor_is_unchanged():
+def test_adafactor_is_ours_with_decay_groups():
     opt = build_optimizer(_model(), OptimConfig(name="adafactor"))
-    assert isinstance(opt, torch.optim.Adafactor) and [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert isinstance(opt, Adafactor) and isinstance(opt, torch.optim.Adafactor)  # torch's, faster on CPU
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]

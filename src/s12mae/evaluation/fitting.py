@@ -34,6 +34,7 @@ from s12mae.evaluation.heads import EvalModel
 from s12mae.evaluation.metrics import MultilabelMeter, SegmentationMeter
 from s12mae.evaluation.tasks import EvalTask
 from s12mae.runtime import no_decay_names, set_lr
+from s12mae.train.adafactor import Adafactor
 from s12mae.train.optim import lr_at
 
 __all__ = ["FitResult", "Split", "convergence", "fit", "loss_sum", "make_meter", "param_groups", "score"]
@@ -115,7 +116,7 @@ def param_groups(model: EvalModel, weight_decay: float, layer_decay: float = 1.0
 def _optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     if cfg.name == "adafactor":
-        return torch.optim.Adafactor(groups, lr=cfg.lr)
+        return Adafactor(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 

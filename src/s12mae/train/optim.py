@@ -9,6 +9,7 @@ from torch import nn
 
 from s12mae.config import OptimConfig
 from s12mae.runtime import no_decay_names
+from s12mae.train.adafactor import Adafactor
 
 __all__ = ["build_optimizer", "lr_at"]
 
@@ -21,8 +22,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
     AdamW runs torch's fused kernel (one kernel for all tensors, instead of a Python loop of
     small ops per tensor) when every parameter is on the CPU or on CUDA, so build the optimizer
-    after moving the model. Adafactor has no fused kernel; it takes torch's default (the
-    multi-tensor ``foreach`` path on CUDA).
+    after moving the model. Adafactor is torch's algorithm with a faster CPU step
+    (:class:`~s12mae.train.adafactor.Adafactor`); off the CPU it is torch's own step.
     """
     skip = no_decay_names(model)
     decay, no_decay = [], []
@@ -34,7 +35,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if cfg.name == "adafactor":
-        return torch.optim.Adafactor(groups, lr=cfg.lr)
+        return Adafactor(groups, lr=cfg.lr)
     devices = {p.device.type for p in decay + no_decay}
     fused = bool(devices) and devices <= _FUSED_ADAMW_DEVICES and len({p.device for p in decay + no_decay}) == 1
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
