@@ -33,6 +33,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window
 
 from s12mae.paths import absolute, is_url
 from s12mae.readers.baseline import (
@@ -46,6 +47,7 @@ from s12mae.readers.baseline import (
     offset_evidence,
     time_from_tags,
 )
+from s12mae.readers.windows import covering_window, window_grid
 from s12mae.sensors import SensorSpec, get_sensor, list_sensors
 from s12mae.times import iso_utc, parse_time
 
@@ -186,13 +188,16 @@ class LabelLayer:
 
 @dataclass
 class Item:
-    """One sample as found on disk. The first layer (or label, if none) defines the grid."""
+    """One sample as found on disk. The first layer (or label, if none) defines the grid, unless
+    ``region`` gives it: then only the window of each file that covers ``region`` is read
+    (:mod:`s12mae.readers.windows`; one chip of a bigger scene)."""
 
     id: str
     layers: list[SensorLayer] = field(default_factory=list)
     labels: list[LabelLayer] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    region: Grid | None = None
 
     @property
     def keys(self) -> list[str]:
@@ -233,9 +238,9 @@ def _open(path: Path) -> rasterio.io.DatasetReader:
         raise ValueError(f"{path}: not a readable GeoTIFF ({err})") from None
 
 
-def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int) -> np.ndarray:
+def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int, window: Window | None = None) -> np.ndarray:
     try:
-        return ds.read(index)
+        return ds.read(index, window=window)
     except RasterioError as err:
         detail = f"{err}; {err.__cause__}" if err.__cause__ else str(err)
         if is_url(path):
@@ -464,7 +469,7 @@ class RasterReader:
         sample: dict[str, Any] = {"id": item.id}
         for layer in item.layers:
             spec = get_sensor(layer.sensor)
-            data, valid, time, offset = self._read_layer(layer, spec, grid)
+            data, valid, time, offset = self._read_layer(layer, spec, grid, item.region is not None)
             sample[layer.sensor], sample[f"valid.{layer.sensor}"] = data, valid
             meta["times"][layer.sensor] = iso_utc(time)
             meta["files"][layer.sensor] = [str(p) for p in layer.files]
@@ -474,7 +479,7 @@ class RasterReader:
                 if offset.get("check", {}).get("suspected"):
                     meta["offset_suspected"][layer.sensor] = offset["check"]
         for lab in item.labels:
-            sample[lab.key] = self._read_label(lab, grid)
+            sample[lab.key] = self._read_label(lab, grid, item.region is not None)
             meta["files"][lab.key] = [str(lab.path)]
         sample.update(item.arrays)
         meta.update(item.meta)
@@ -482,7 +487,10 @@ class RasterReader:
         return sample
 
     def reference_grid(self, item: Item) -> Grid:
-        """The grid of the finest file of the item's first layer, at ``gsd_m`` where projected."""
+        """The item's ``region`` if it has one, else the grid of the finest file of the item's first
+        layer, at ``gsd_m`` where projected."""
+        if item.region is not None:
+            return item.region
         if item.layers:
             paths = item.layers[0].files
         elif item.labels:
@@ -501,9 +509,10 @@ class RasterReader:
         return Grid.of(ds)
 
     def _read_layer(
-        self, layer: SensorLayer, spec: SensorSpec, grid: Grid
+        self, layer: SensorLayer, spec: SensorSpec, grid: Grid, windowed: bool = False
     ) -> tuple[np.ndarray, np.ndarray, datetime | None, dict[str, Any] | None]:
-        """One sensor on ``grid``: (data in file units, valid mask, time, offset record)."""
+        """One sensor on ``grid``: (data in file units, valid mask, time, offset record); ``windowed``
+        reads only the part of each file that covers ``grid`` (a file that misses it stays NaN)."""
         out = np.full((spec.num_channels, grid.height, grid.width), np.nan, dtype=np.float32)
         band_tags: list[dict[str, Any]] = [{} for _ in spec.band_names]
         metadata = {**(read_json(layer.sidecar) if layer.sidecar else {}), **layer.metadata}
@@ -515,10 +524,13 @@ class RasterReader:
             with _open(path) as ds:
                 self._check_file(ds, path, spec, len(poss))
                 order = _stack_order(ds, path, spec) if len(poss) > 1 else None
-                src = self.file_grid(ds, path)
+                src, window = self._source(ds, path, grid, windowed)
                 for pos in poss:
                     index = order[spec.band_names[pos]] if order else layer.bands[pos].index
-                    raw = _read_band(ds, path, index)
+                    band_tags[pos] = {**metadata, **ds.tags(), **ds.tags(index)}
+                    if src is None:
+                        continue
+                    raw = _read_band(ds, path, index, window)
                     x = raw.astype(np.float32)
                     bad = ~np.isfinite(x)
                     file_nodata = ds.nodatavals[index - 1]
@@ -528,7 +540,6 @@ class RasterReader:
                         bad |= raw == spec.nodata
                     x[bad] = np.nan
                     out[pos] = _warp(x, src, grid, resampling, path)
-                    band_tags[pos] = {**metadata, **ds.tags(), **ds.tags(index)}
         all_tags = {k: v for tags in band_tags for k, v in tags.items()}
         time = layer.time or time_from_tags(all_tags)
         valid = np.isfinite(out)
@@ -590,16 +601,29 @@ class RasterReader:
                 "files have lost their fractional part"
             )
 
-    def _read_label(self, lab: LabelLayer, grid: Grid) -> np.ndarray:
+    def _source(self, ds: rasterio.io.DatasetReader, path: Path, grid: Grid,
+                windowed: bool) -> tuple[Grid | None, Window | None]:
+        """(grid of what to read, window): the whole file, or under ``windowed`` the window that
+        covers ``grid`` (``(None, None)`` where the file does not reach it)."""
+        src = self.file_grid(ds, path)
+        if not windowed:
+            return src, None
+        window = covering_window(src, grid)
+        return (None, None) if window is None else (window_grid(src, window), window)
+
+    def _read_label(self, lab: LabelLayer, grid: Grid, windowed: bool = False) -> np.ndarray:
         with _open(lab.path) as ds:
             if ds.count != 1 or np.dtype(ds.dtypes[0]).kind not in "iu":
                 raise ValueError(
                     f"{lab.path}: a label file must have 1 integer band, it has {ds.count} of {ds.dtypes[0]}"
                 )
-            raw = _read_band(ds, lab.path, 1)
+            src, window = self._source(ds, lab.path, grid, windowed)
+            if src is None:
+                return np.full((grid.height, grid.width), lab.fill, dtype=lab.dtype)
+            raw = _read_band(ds, lab.path, 1, window)
             x = raw.astype(np.float32)
             x[raw == lab.fill] = np.nan
-            x = _warp(x, self.file_grid(ds, lab.path), grid, Resampling.nearest, lab.path)
+            x = _warp(x, src, grid, Resampling.nearest, lab.path)
         return np.where(np.isfinite(x), x, lab.fill).astype(lab.dtype)
 
 
