@@ -253,7 +253,8 @@ def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int, window: Wi
 
 
 def _warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Path) -> np.ndarray:
-    """Float band ``x`` (NaN = nodata) on ``src`` to ``dst``; pixels outside ``src`` become NaN."""
+    """Float band(s) ``x`` (``(H, W)`` or ``(C, H, W)``, NaN = nodata) on ``src`` to ``dst``; pixels
+    outside ``src`` become NaN."""
     if src.same_as(dst):
         return x
     if src.crs is None and dst.crs is None:
@@ -272,7 +273,7 @@ def _warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Pat
             f"{path}: does not overlap the sample grid ({dst.crs}, bounds {dst.bounds}); "
             f"its bounds are {src.bounds} in {src.crs}"
         )
-    out = np.full((dst.height, dst.width), np.nan, dtype=np.float32)
+    out = np.full((*x.shape[:-2], dst.height, dst.width), np.nan, dtype=np.float32)
     reproject(
         x,
         out,
@@ -295,7 +296,7 @@ the warp is a pure resampling between the two pixel grids (the CRS itself never 
 def _resample_local(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling) -> np.ndarray:
     """Float band ``x`` on ``src`` to ``dst``, both in one local frame (no CRS, see
     :meth:`RasterReader.file_grid`); pixels outside ``src`` become NaN."""
-    out = np.full((dst.height, dst.width), np.nan, dtype=np.float32)
+    out = np.full((*x.shape[:-2], dst.height, dst.width), np.nan, dtype=np.float32)
     reproject(
         x,
         out,
@@ -520,6 +521,7 @@ class RasterReader:
         for pos, ref in enumerate(layer.bands):
             positions.setdefault(ref.path, []).append(pos)
         resampling = Resampling.bilinear
+        batched: dict[Grid, tuple[Path, list[int], list[np.ndarray]]] = {}  # windowed: one warp per source grid
         for path, poss in positions.items():
             with _open(path) as ds:
                 self._check_file(ds, path, spec, len(poss))
@@ -539,7 +541,13 @@ class RasterReader:
                     if not math.isnan(spec.nodata):
                         bad |= raw == spec.nodata
                     x[bad] = np.nan
-                    out[pos] = _warp(x, src, grid, resampling, path)
+                    if windowed:  # rasterio's fixed cost per warp call dwarfs a chip's pixels
+                        batched.setdefault(src, (path, [], []))[1].append(pos)
+                        batched[src][2].append(x)
+                    else:
+                        out[pos] = _warp(x, src, grid, resampling, path)
+        for src, (path, poss, xs) in batched.items():
+            out[poss] = _warp(np.stack(xs), src, grid, resampling, path)
         all_tags = {k: v for tags in band_tags for k, v in tags.items()}
         time = layer.time or time_from_tags(all_tags)
         valid = np.isfinite(out)
