@@ -24,8 +24,8 @@ from s12mae.stac import StacSearchConfig, pair_stac
 pytest_plugins = ["fixtures_servers"]  # the s3 and stac_server fixtures
 pytest.importorskip("pystac_client", reason="pystac-client is not installed (pip install pystac-client)")
 rasterio = pytest.importorskip("rasterio")
-from rasterio.transform import from_origin  # noqa: E402
-from rasterio.warp import transform_bounds  # noqa: E402
+from rasterio.transform import from_origin
+from rasterio.warp import transform_bounds
 
 AOI = (10.0, 45.0, 11.0, 46.0)
 SIZE = 128  # S2 side at 10 m (ours: tiny); 20 m bands 64 px, 60 m bands 21 px
