@@ -232,3 +232,17 @@ def test_a_pairs_folder_on_object_storage(archive, stac_server, s3, tmp_path):
     assert main(["stats", "--data", url, "--layout", "pairs", "--out", str(tmp_path / "stats.json")]) == 0
     with pytest.raises(ValueError, match=r"s3://.*/nowhere/pairs.parquet: not found"):
         PairFolder(s3.url("nowhere"))
+
+
+def test_windowed_chips_on_a_dask_cluster_are_the_same_bytes(archive, stac_server, tmp_path):
+    distributed = pytest.importorskip("distributed", reason="Dask is not installed (pip install 's12mae[dask]')")
+    from test_shards import files
+
+    pair_stac(_config(stac_server(archive).url), str(tmp_path / "pairs"), quiet=True)
+    argv = ["shards", "--data", str(tmp_path / "pairs"), "--layout", "pairs", *SHARDS]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster):
+        assert main([*argv, "--out", str(tmp_path / "dask"), "--cluster", cluster.scheduler_address,
+                     "--progress", "false"]) == 0
+    assert files(tmp_path / "one") == files(tmp_path / "dask")
