@@ -25,7 +25,9 @@ Rows written by ``s12mae pair --stac`` carry the items' COG hrefs (``s2_assets``
 one of the item's collection (``sentinel-2-l2a`` -> ``s2_l2a``) unless ``sensors`` names one, and
 the S2 DN offset is the one decided from the item's properties (``s2_dn_offset``; recorded in
 ``meta["dn_offset"]`` with rule ``override`` and in ``meta["stac"]`` with the item's rule and
-processing baseline).
+processing baseline). Opened with ``chip_size`` (``s12mae shards --crop grid`` does that), such
+a row gives one sample per grid chip, each read by a windowed read of only that chip
+(:class:`PairFolder`). A pairs folder may be a URL (``s3://``, ``gs://``, ``https://``).
 
 Paths in ``pairs``/``s2-all`` folders follow :mod:`s12mae.paths`: ``s12mae pair`` writes them
 absolute, and a relative one (a hand-made table) is relative to the folder itself, never to the

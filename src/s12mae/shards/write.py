@@ -3,7 +3,9 @@
 :func:`write_shards` takes reader samples (an indexable sequence, see :mod:`s12mae.readers.base`);
 :func:`write_shard_set` opens a dataset layout by name first (``s12mae shards``). Chips are cut
 per :class:`~s12mae.shards.format.ShardConfig`: whole scenes, a grid, or random positions drawn
-from (seed, scene id), so the chips of a scene never depend on the other scenes.
+from (seed, scene id), so the chips of a scene never depend on the other scenes. A sample that is
+one chip-sized window of a bigger scene (``meta["window"]``: scene id and offset, see
+:func:`layout_opener`) keeps the ids and crop offsets of that scene's chips.
 
 Crash safety: each shard is written under a temporary name and renamed when complete (readers
 list only ``shard-NNNNNN.tar``); after each rename ``shards.progress.json`` records where the
