@@ -246,3 +246,19 @@ def test_windowed_chips_on_a_dask_cluster_are_the_same_bytes(archive, stac_serve
         assert main([*argv, "--out", str(tmp_path / "dask"), "--cluster", cluster.scheduler_address,
                      "--progress", "false"]) == 0
     assert files(tmp_path / "one") == files(tmp_path / "dask")
+
+
+def test_an_unreadable_scene_grid_names_the_item_and_skip_bad_leaves_it_out(archive, stac_server, s3, tmp_path,
+                                                                           monkeypatch):
+    """S2A_old has no ``proj:`` grid, so its finest band's header is read to list its chips: a 404
+    there is one error naming the item when the folder is opened; ``skip_bad`` leaves the row out."""
+    monkeypatch.setenv("CPL_VSIL_CURL_NON_CACHED", f"/vsis3/{s3.name}")
+    pair_stac(_config(stac_server(archive).url), str(tmp_path / "pairs"), quiet=True)
+    rows = PairFolder(tmp_path / "pairs").rows
+    b02 = _key(json.loads(next(row for _, row in rows if row["s2_id"] == "S2A_old")["s2_assets"])["B02"])
+    s3.client().delete_object(Bucket=s3.name, Key=b02)
+    with pytest.raises(ValueError, match=rf"\(s2_id S2A_old\): .*{b02}: not found"):
+        PairFolder(tmp_path / "pairs", sensors=SENSORS, chip_size=CHIP)
+    folder = PairFolder(tmp_path / "pairs", sensors=SENSORS, chip_size=CHIP, skip_bad=True)
+    assert len(folder) == (SIZE // CHIP) ** 2 and [s for s, _ in folder.skipped] == ["S2A_old"]
+    assert {folder[i]["meta"]["pair"]["s2_id"] for i in range(len(folder))} == {"S2A_new"}
