@@ -201,7 +201,7 @@ class PairFolder(Sequence):
             raise ValueError(f"{storage.redact(path)}: cannot read it ({storage.redact(str(err))})") from None
         missing = [c for c in need if c not in table.column_names]
         if missing:
-            raise ValueError(f"{path}: lacks column(s) {missing}; it has {table.column_names}")
+            raise ValueError(f"{storage.redact(path)}: lacks column(s) {missing}; it has {table.column_names}")
         return table.select(need + [c for c in self._optional if c in table.column_names])
 
     def __len__(self) -> int:
