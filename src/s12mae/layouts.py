@@ -155,7 +155,7 @@ class PairFolder(Sequence):
             indexing a bad sample always raises.
         chip_size: windowed chips: a row with asset hrefs gives one sample per grid chip of this
             side (px at 10 m) of its S2 grid (row by row from the top left, the remainder dropped,
-            :func:`s12mae.shards.write.grid_positions`), each read by a windowed read of only that
+            :func:`s12mae.readers.windows.grid_positions`), each read by a windowed read of only that
             chip (:mod:`s12mae.readers.windows`); ``meta["window"]`` names the scene and the chip's
             offset there. The S2 grid is the row's ``s2_grid`` (the items' projection extension),
             else the header of its finest S2 band. Rows without hrefs stay whole scenes.

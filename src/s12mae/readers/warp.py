@@ -9,15 +9,13 @@ pixels outside the source stay NaN. Grids without a CRS (a layout's local frame,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 
-if TYPE_CHECKING:
-    from s12mae.readers.base import Grid
+from s12mae.readers.grid import Grid
 
 __all__ = ["resample_local", "warp"]
 

@@ -1,14 +1,14 @@
 """Windowed reads: a sample that is one chip of a bigger scene reads only that chip's pixels.
 
-An :class:`~s12mae.readers.base.Item` with a ``region`` (a :class:`~s12mae.readers.base.Grid`, e.g. one
+An :class:`~s12mae.readers.base.Item` with a ``region`` (a :class:`~s12mae.readers.grid.Grid`, e.g. one
 chip of the S2 grid) is loaded on that region: from each file the reader reads only the window
 that covers the region (:func:`covering_window`), a few source pixels wider for the resampling
 kernel, and warps that window onto the region as it would warp the whole file. On a COG behind a
 URL only the tiles of that window move (GDAL's virtual file systems read byte ranges); on a big
 local GeoTIFF only those blocks are decoded.
 
-:func:`scene_chips` cuts a scene grid into chip regions by the shard writer's grid rule
-(:func:`s12mae.shards.write.grid_positions`), and :func:`grid_from_json` reads the scene grid that
+:func:`grid_positions` is the rule of grid chips (the shard writer's ``crop="grid"`` too), and
+:func:`scene_chips` cuts a scene grid into chip regions by it; :func:`grid_from_json` reads the scene grid that
 ``s12mae pair --stac`` records from the items' projection extension (``s2_grid``).
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
 from affine import Affine
 from rasterio.crs import CRS
@@ -24,7 +23,10 @@ from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-__all__ = ["PAD_PX", "covering_window", "grid_from_json", "grid_to_json", "scene_chips", "window_grid"]
+from s12mae.readers.grid import Grid
+
+__all__ = ["PAD_PX", "covering_window", "grid_from_json", "grid_positions", "grid_to_json", "scene_chips",
+           "window_grid"]
 
 PAD_PX = 2
 """Source pixels added on every side of a window (ours): bilinear needs one neighbour, the
@@ -33,9 +35,15 @@ _EXACT = 1e-6
 """How close to whole pixels (in pixels) a window must be to be read exactly, without a warp."""
 
 
-def covering_window(src: Any, region: Any) -> Window | None:
+def grid_positions(h: int, w: int, s: int) -> list[tuple[int, int]]:
+    """Top-left ``(y, x)`` of the grid chips of side ``s`` of an ``h`` x ``w`` scene: row by row from
+    the top left, the remainder dropped."""
+    return [(y, x) for y in range(0, h - s + 1, s) for x in range(0, w - s + 1, s)]
+
+
+def covering_window(src: Grid, region: Grid) -> Window | None:
     """The window of a file on grid ``src`` that covers ``region`` (both
-    :class:`~s12mae.readers.base.Grid`), clipped to the file; ``None`` if the file does not reach it.
+    :class:`~s12mae.readers.grid.Grid`), clipped to the file; ``None`` if the file does not reach it.
 
     Where ``region`` is a whole-pixel part of ``src`` at the same resolution (a native 10 m band
     under a chip of its own grid) the window is exactly the region's pixels; elsewhere it is padded
@@ -67,26 +75,21 @@ def covering_window(src: Any, region: Any) -> Window | None:
     return Window(left, top, right - left, bottom - top)
 
 
-def _exact(win: Window, src: Any, region: Any) -> bool:
+def _exact(win: Window, src: Grid, region: Grid) -> bool:
     same_res = abs(src.pixel_area - region.pixel_area) <= _EXACT * region.pixel_area
     whole = all(abs(v - round(v)) < _EXACT for v in (win.col_off, win.row_off, win.width, win.height))
     return same_res and whole and (src.crs == region.crs) and not (src.transform.b or src.transform.d)
 
 
-def window_grid(src: Any, win: Window) -> Any:
+def window_grid(src: Grid, win: Window) -> Grid:
     """The grid of window ``win`` of a file on grid ``src``."""
-    from s12mae.readers.base import Grid
-
     t = src.transform @ Affine.translation(win.col_off, win.row_off)
     return Grid(src.crs, t, int(win.width), int(win.height))
 
 
-def scene_chips(scene: Any, size: int) -> list[tuple[int, int, Any]]:
-    """``(y, x, chip grid)`` of the grid chips of side ``size`` of scene grid ``scene``, in the shard
-    writer's order (row by row from the top left, the remainder dropped)."""
-    from s12mae.readers.base import Grid
-    from s12mae.shards.write import grid_positions
-
+def scene_chips(scene: Grid, size: int) -> list[tuple[int, int, Grid]]:
+    """``(y, x, chip grid)`` of the grid chips of side ``size`` of scene grid ``scene``, in the order
+    of :func:`grid_positions`."""
     return [(y, x, Grid(scene.crs, scene.transform @ Affine.translation(x, y), size, size))
             for y, x in grid_positions(scene.height, scene.width, size)]
 
@@ -96,10 +99,8 @@ def grid_to_json(crs: str, transform: list[float], shape: list[int]) -> str:
     return json.dumps({"crs": crs, "transform": [float(v) for v in transform[:6]], "shape": [int(v) for v in shape]})
 
 
-def grid_from_json(text: str, where: str) -> Any:
-    """A :class:`~s12mae.readers.base.Grid` from :func:`grid_to_json`'s form, or a ValueError naming ``where``."""
-    from s12mae.readers.base import Grid
-
+def grid_from_json(text: str, where: str) -> Grid:
+    """A :class:`~s12mae.readers.grid.Grid` from :func:`grid_to_json`'s form, or a ValueError naming ``where``."""
     try:
         value = json.loads(text)
         (rows, cols), t = value["shape"], value["transform"]

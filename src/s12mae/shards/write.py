@@ -45,7 +45,7 @@ from s12mae.shards.format import (
     read_manifest,
 )
 
-__all__ = ["grid_positions", "layout_opener", "write_shard_set", "write_shards"]
+__all__ = ["layout_opener", "write_shard_set", "write_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,15 @@ def _scene_seed(seed: int, scene_id: str) -> list[int]:
     return [seed, int.from_bytes(digest[:8], "little")]
 
 
-def grid_positions(h: int, w: int, s: int) -> list[tuple[int, int]]:
-    """Top-left ``(y, x)`` of the grid chips of side ``s`` of an ``h`` x ``w`` scene: row by row from
-    the top left, the remainder dropped (also the chips a windowed reader reads one by one)."""
-    return [(y, x) for y in range(0, h - s + 1, s) for x in range(0, w - s + 1, s)]
-
-
 def _crop_positions(h: int, w: int, cfg: ShardConfig, scene_id: str) -> list[tuple[int, int]]:
     if cfg.crop == "none":
         return [(0, 0)]
     s = int(cfg.chip_size)  # type: ignore[arg-type]
     if h < s or w < s:
         return []
-    if cfg.crop == "grid":
+    if cfg.crop == "grid":  # the rule that windowed readers cut scenes by, too
+        from s12mae.readers.windows import grid_positions  # rasterio only where chips are cut
+
         return grid_positions(h, w, s)
     rng = np.random.default_rng(_scene_seed(cfg.seed, scene_id))
     ys = rng.integers(0, h - s + 1, cfg.crops_per_scene)
