@@ -135,8 +135,9 @@ def test_windowed_chips_equal_the_whole_scene_cut(archive, stac_server, s3, tmp_
         np.testing.assert_array_equal(w["s2_l1c"][native], c["s2_l1c"][native])  # native 10 m: exact
         np.testing.assert_array_equal(w["s2_l1c"], c["s2_l1c"])  # 20 and 60 m, bilinear: exact as well
         np.testing.assert_array_equal(w["valid.s1_grd"], c["valid.s1_grd"])
-        # S1 from another CRS: GDAL's approximate transformer differs by window, within 0.05 dB
-        np.testing.assert_allclose(w["s1_grd"], c["s1_grd"], atol=0.05, equal_nan=True)
+        # S1 from another CRS: exact here too (measured); over bigger windows GDAL's approximate
+        # transformer (error threshold 0.125 px) may interpolate differently per window
+        np.testing.assert_array_equal(w["s1_grd"], c["s1_grd"])
 
 
 def test_chip_grid_from_proj_properties_without_reading_pixels(archive, stac_server, s3, tmp_path,
