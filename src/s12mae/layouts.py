@@ -25,7 +25,9 @@ Rows written by ``s12mae pair --stac`` carry the items' COG hrefs (``s2_assets``
 one of the item's collection (``sentinel-2-l2a`` -> ``s2_l2a``) unless ``sensors`` names one, and
 the S2 DN offset is the one decided from the item's properties (``s2_dn_offset``; recorded in
 ``meta["dn_offset"]`` with rule ``override`` and in ``meta["stac"]`` with the item's rule and
-processing baseline).
+processing baseline). Opened with ``chip_size`` (``s12mae shards --crop grid`` does that), such
+a row gives one sample per grid chip, each read by a windowed read of only that chip
+(:class:`PairFolder`). A pairs folder may be a URL (``s3://``, ``gs://``, ``https://``).
 
 Paths in ``pairs``/``s2-all`` folders follow :mod:`s12mae.paths`: ``s12mae pair`` writes them
 absolute, and a relative one (a hand-made table) is relative to the folder itself, never to the
@@ -40,14 +42,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from s12mae import storage
 from s12mae.paths import is_url, resolve
 from s12mae.readers import (
     BigEarthNetV1Reader,
     BigEarthNetV2Reader,
     GenericReader,
+    Grid,
     Item,
     RasterReader,
     Sen1Floods11Reader,
@@ -61,7 +66,8 @@ from s12mae.readers.ssl4eo import (
     s2_product_folders,
     sensor_of,
 )
-from s12mae.sensors import list_sensors, sensors_of_family
+from s12mae.readers.windows import grid_from_json, scene_chips
+from s12mae.sensors import get_sensor, list_sensors, sensors_of_family
 from s12mae.stac import COLLECTION_SENSORS
 from s12mae.times import parse_time
 
@@ -70,8 +76,10 @@ __all__ = ["LAYOUTS", "PairFolder", "open_layout", "train_split"]
 log = logging.getLogger(__name__)
 
 _STACK_SUFFIXES = (".tif", ".tiff")
+Chip = tuple[int, int, Grid]
+"""A windowed chip of a scene: its top-left ``(y, x)`` on the scene's 10 m S2 grid and its grid."""
 _STAC_COLUMNS = ("s2_assets", "s1_assets", "s2_collection", "s1_collection", "s2_dn_offset", "s2_dn_rule",
-                 "s2_processing_baseline")
+                 "s2_processing_baseline", "s2_grid")
 """Columns that ``s12mae pair --stac`` adds (:mod:`s12mae.stac_items`): rows with ``s2_assets`` load
 their bands from the items' COG hrefs."""
 
@@ -139,19 +147,28 @@ class PairFolder(Sequence):
     any working directory.
 
     Args:
-        folder: folder holding ``pairs.parquet`` (and, for ``s2_all``, ``s2_only.parquet``).
+        folder: folder holding ``pairs.parquet`` (and, for ``s2_all``, ``s2_only.parquet``): a
+            local path or a URL (``s3://``, ``gs://``, ``https://``; read through :mod:`s12mae.storage`).
         s2_all: every S2 item, S2 only (else: one paired S2 + S1 sample per pair).
         sensors: keys to load; default the row's S2 product (and ``s1_grd`` for pairs).
         skip_bad: iterating skips (logs, records in :attr:`skipped`) samples that fail to load;
             indexing a bad sample always raises.
+        chip_size: windowed chips: a row with asset hrefs gives one sample per grid chip of this
+            side (px at 10 m) of its S2 grid (row by row from the top left, the remainder dropped,
+            :func:`s12mae.readers.windows.grid_positions`), each read by a windowed read of only that
+            chip (:mod:`s12mae.readers.windows`); ``meta["window"]`` names the scene and the chip's
+            offset there. The S2 grid is the row's ``s2_grid`` (the items' projection extension),
+            else the header of its finest S2 band. Rows without hrefs stay whole scenes.
 
     Attributes:
-        skipped: ``(id, reason)`` of the samples skipped by the last iteration.
+        skipped: ``(id, reason)`` of the samples skipped by the last iteration (and, under
+            ``chip_size``, rows whose S2 grid could not be read).
     """
 
     def __init__(self, folder: str | Path, *, s2_all: bool = False, sensors: Sequence[str] | None = None,
-                 skip_bad: bool = False) -> None:
-        self.folder, self.s2_all, self.skip_bad = Path(folder), s2_all, skip_bad
+                 skip_bad: bool = False, chip_size: int | None = None) -> None:
+        self.folder: str | Path = str(folder) if is_url(folder) else Path(folder)
+        self.s2_all, self.skip_bad, self.chip_size = s2_all, skip_bad, chip_size
         self.sensors = None if sensors is None else list(sensors)
         self.skipped: list[tuple[str, str]] = []
         known = [*sensors_of_family("s2"), *([] if s2_all else sensors_of_family("s1"))]
@@ -165,49 +182,100 @@ class PairFolder(Sequence):
         self._optional = [c for c in _STAC_COLUMNS if s2_all is False or c.startswith("s2_")]
         self.rows: list[tuple[str, dict[str, Any]]] = []
         for name in files:
-            table = self._read(self.folder / name, need)
+            table = self._read(storage.join(self.folder, name), need)
             self.rows += [(f"{name} row {r}", row) for r, row in enumerate(table.to_pylist())]
+        self._listing_skips: list[tuple[str, str]] = []
+        self.samples = self._samples()
+        self.skipped = list(self._listing_skips)
 
-    def _read(self, path: Path, need: list[str]) -> Any:
+    def _read(self, path: str, need: list[str]) -> Any:
         import pyarrow.parquet as pq
 
-        if not path.is_file():
-            raise ValueError(f"{path}: not found; is {self.folder} a folder written by `s12mae pair`?")
+        if not storage.exists(path):
+            raise ValueError(f"{storage.redact(path)}: not found; is {storage.redact(str(self.folder))} a folder "
+                             "written by `s12mae pair`?")
         try:
-            table = pq.read_table(path)
+            with storage.open_input(path) as f:
+                table = pq.read_table(f)
         except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: cannot read it ({err})") from None
+            raise ValueError(f"{storage.redact(path)}: cannot read it ({storage.redact(str(err))})") from None
         missing = [c for c in need if c not in table.column_names]
         if missing:
-            raise ValueError(f"{path}: lacks column(s) {missing}; it has {table.column_names}")
+            raise ValueError(f"{storage.redact(path)}: lacks column(s) {missing}; it has {table.column_names}")
         return table.select(need + [c for c in self._optional if c in table.column_names])
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
-        where, row = self.rows[i]
-        where = f"{self.folder / where} (s2_id {row['s2_id']})"
-        return self._load_s2(row, where) if self.s2_all else self._load_pair(row, where)
+        r, chip = self.samples[i]
+        row = self.rows[r][1]
+        where = self._where(r)
+        return self._load_s2(row, where, chip) if self.s2_all else self._load_pair(row, where, chip)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.skipped = []
+        self.skipped = list(self._listing_skips)
         for i in range(len(self)):
             try:
                 yield self[i]
             except ValueError as err:
                 if not self.skip_bad:
                     raise
-                self.skipped.append((str(self.rows[i][1]["s2_id"]), str(err)))
-                log.warning("%s: skipping %s: %s", self.folder, self.rows[i][1]["s2_id"], err)
+                s2_id = self.rows[self.samples[i][0]][1]["s2_id"]
+                self.skipped.append((str(s2_id), str(err)))
+                log.warning("%s: skipping %s: %s", storage.redact(str(self.folder)), s2_id, err)
+
+    def _where(self, r: int) -> str:
+        name, row = self.rows[r]
+        return f"{storage.redact(storage.join(self.folder, name))} (s2_id {row['s2_id']})"
+
+    # -- windowed chips: the samples of the rows ----------------------------------------------
+    def _samples(self) -> list[tuple[int, Chip | None]]:
+        """``(row, chip)`` per sample: every row whole, or under ``chip_size`` each grid chip of the
+        rows with asset hrefs (their S2 grids found in parallel: header reads, never pixels)."""
+        if self.chip_size is None:
+            return [(r, None) for r in range(len(self.rows))]
+        chipped = [r for r, (_, row) in enumerate(self.rows) if row.get("s2_assets")]
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(chipped)))) as pool:
+            grids = dict(zip(chipped, pool.map(self._scene_grid, chipped)))
+        out: list[tuple[int, Chip | None]] = []
+        for r in range(len(self.rows)):
+            grid = grids.get(r)
+            if isinstance(grid, ValueError):
+                if not self.skip_bad:
+                    raise grid
+                self._listing_skips.append((str(self.rows[r][1]["s2_id"]), str(grid)))
+                log.warning("%s: leaving out %s: %s", storage.redact(str(self.folder)), self.rows[r][1]["s2_id"], grid)
+            elif grid is None:
+                out.append((r, None))
+            else:
+                out += [(r, chip) for chip in scene_chips(grid, self.chip_size)]
+        return out
+
+    def _scene_grid(self, r: int) -> Grid | ValueError:
+        """Row ``r``'s S2 grid at 10 m: its ``s2_grid`` column, else the header of its finest band."""
+        row, where = self.rows[r][1], self._where(r)
+        try:
+            if row.get("s2_grid"):
+                return grid_from_json(row["s2_grid"], where).at_gsd(RasterReader.gsd_m)
+            layer = self._asset_layer(row, "s2", where)
+            spec = get_sensor(layer.sensor)
+            finest = min(range(spec.num_channels), key=lambda k: spec.bands[k].resolution_m)
+            href = str(layer.bands[finest].path)
+            with storage.open_raster(href) as ds:
+                return Grid.of(ds).at_gsd(RasterReader.gsd_m)
+        except ValueError as err:
+            return ValueError(f"{where}: {err}" if where not in str(err) else str(err))
 
     # -- one row ---------------------------------------------------------------------------------
     def _path(self, value: Any, column: str, where: str) -> Path:
         if not value:
             raise ValueError(f"{where}: {column} is empty")
-        if is_url(value):
-            raise ValueError(f"{where}: {column} {value} is a URL; the {column[:2]} files must be local")
-        path = Path(resolve(value, self.folder))
+        located = resolve(value, self.folder)
+        if is_url(located):
+            raise ValueError(f"{where}: {column} {storage.redact(located)} is a URL; the {column[:2]} files "
+                             "must be local (or the row must carry the items' asset hrefs)")
+        path = Path(located)
         if not path.exists():
             raise ValueError(f"{where}: {column} {path} does not exist")
         return path
@@ -233,9 +301,9 @@ class PairFolder(Sequence):
         extra = [k for k in sensors_of_family("s2") if k in sample and k not in self.sensors]
         return {k: v for k, v in sample.items() if k not in extra and k.removeprefix("valid.") not in extra}
 
-    def _load_pair(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+    def _load_pair(self, row: dict[str, Any], where: str, chip: Chip | None = None) -> dict[str, Any]:
         if row.get("s2_assets"):
-            sample = self._load_assets(row, where, f"pairs/{row['s2_id']}+{row['s1_id']}", with_s1=True)
+            sample = self._load_assets(row, where, f"pairs/{row['s2_id']}+{row['s1_id']}", True, chip)
             sample["meta"]["gap_hours"] = row["gap_hours"]
             sample["meta"]["pair"] = {"s2_id": row["s2_id"], "s1_id": row["s1_id"]}
             return sample
@@ -275,15 +343,23 @@ class PairFolder(Sequence):
         return SensorLayer.per_band(key, hrefs, parse_time(row[f"{family}_time"]),
                                     where=f"{where}: {family}_assets of item {row[f'{family}_id']!r}")
 
-    def _load_assets(self, row: dict[str, Any], where: str, sample_id: str, with_s1: bool) -> dict[str, Any]:
+    def _load_assets(self, row: dict[str, Any], where: str, sample_id: str, with_s1: bool,
+                     chip: Chip | None = None) -> dict[str, Any]:
         """One row's sample from its COG hrefs (``s2_assets``/``s1_assets``, s3:// or https://, read
-        by byte ranges); the S2 DN offset is the one decided from the item's properties
-        (``s2_dn_offset``), recorded with its rule and baseline in ``meta["stac"]``."""
+        by byte ranges), or only ``chip`` of it (a windowed read; the id ends in ``@y_x``); the S2 DN
+        offset is the one decided from the item's properties (``s2_dn_offset``), recorded with its
+        rule and baseline in ``meta["stac"]``."""
         layers = [self._asset_layer(row, "s2", where)]
         if with_s1:
             layers.append(self._asset_layer(row, "s1", where))
         offset = row.get("s2_dn_offset")
-        reader = _ItemReader("pairs", [Item(sample_id, layers)], [layer.sensor for layer in layers],
+        item = Item(sample_id, layers)
+        if chip is not None:
+            y, x, item.region = chip
+            item.id = f"{sample_id}@{y}_{x}"
+            where = f"{where}, chip at y {y} x {x}"
+            item.meta["window"] = {"scene": sample_id, "y": y, "x": x, "size": item.region.width}
+        reader = _ItemReader("pairs", [item], [layer.sensor for layer in layers],
                              s2_offset=None if offset is None else int(offset))
         try:
             sample = reader[0]
@@ -293,9 +369,9 @@ class PairFolder(Sequence):
         sample["meta"]["stac"] = {k: row.get(k) for k in recorded if k in row}
         return self._drop_unasked(sample)
 
-    def _load_s2(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+    def _load_s2(self, row: dict[str, Any], where: str, chip: Chip | None = None) -> dict[str, Any]:
         if row.get("s2_assets"):
-            sample = self._load_assets(row, where, f"s2-all/{row['s2_id']}", with_s1=False)
+            sample = self._load_assets(row, where, f"s2-all/{row['s2_id']}", False, chip)
             sample["meta"]["s2_item"] = row["s2_id"]
             return sample
         s2 = self._path(row["s2_path"], "s2_path", where)
@@ -330,6 +406,9 @@ _READERS: dict[str, type[RasterReader]] = {
     "generic": GenericReader,
 }
 
+_PAIR_LAYOUTS = {"pairs": False, "s2-all": True}
+"""The layouts of :class:`PairFolder` (value: ``s2_all``)."""
+
 LAYOUTS: dict[str, Opener] = {
     "simulated": _simulated,
     **{name: _reader(cls) for name, cls in _READERS.items()},
@@ -347,7 +426,8 @@ def train_split(layout: str) -> str | None:
 
 
 def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
-                skip_bad: bool = False, split: str | Sequence[str] | None = None) -> Sequence[dict[str, Any]]:
+                skip_bad: bool = False, split: str | Sequence[str] | None = None,
+                chip_size: int | None = None) -> Sequence[dict[str, Any]]:
     """The samples of dataset ``data`` laid out as ``layout``, as a lazy sequence.
 
     Args:
@@ -360,6 +440,9 @@ def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
             them, and skip samples that fail to load when iterated; indexing always raises.
         split: keep only this split or these splits, in layouts that have splits (``bigearthnet-v2``:
             ``train``, ``validation``, ``test``; see :func:`train_split`); ``None``: every sample.
+        chip_size: ``pairs``/``s2-all`` only: rows with asset hrefs give one sample per grid chip of
+            this side, each read by a windowed read (see :class:`PairFolder`); other layouts read
+            whole scenes.
 
     Returns:
         A sequence of ``{"id", <sensor>: (C, H, W), "valid.<sensor>": (C, H, W) bool, "label.*",
@@ -376,10 +459,12 @@ def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
         if unknown:
             raise ValueError(f"unknown sensor key(s) {unknown}; known: {list_sensors()}")
     keys = None if sensors is None else list(sensors)
-    if split is None:
-        return LAYOUTS[layout](Path(data), keys, skip_bad)
-    if train_split(layout) is None:
+    if split is not None and train_split(layout) is None:
         with_splits = sorted(name for name in _READERS if train_split(name))
         raise ValueError(f"layout {layout!r} has no splits (asked for split {split!r}); layouts with "
                          f"splits: {with_splits}")
+    if layout in _PAIR_LAYOUTS:  # a pairs folder may be a URL (object storage)
+        return PairFolder(data, s2_all=_PAIR_LAYOUTS[layout], sensors=keys, skip_bad=skip_bad, chip_size=chip_size)
+    if split is None:
+        return LAYOUTS[layout](Path(data), keys, skip_bad)
     return _READERS[layout](Path(data), keys, skip_bad=skip_bad, split=split)  # type: ignore[call-arg]

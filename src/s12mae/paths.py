@@ -17,6 +17,7 @@ the file that holds it, never to the working directory.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 
 import numpy as np
@@ -38,6 +39,9 @@ def resolve(value: str | os.PathLike[str], folder: str | os.PathLike[str]) -> st
     text = os.fspath(value)
     if is_url(text):
         return text
+    if is_url(folder) and not os.path.isabs(text):  # a table on object storage: relative to its folder
+        scheme, rest = os.fspath(folder).split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, text))}"
     return os.path.normpath(os.path.join(os.path.abspath(folder), text))
 
 

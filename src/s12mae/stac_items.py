@@ -24,8 +24,9 @@ Three jobs, each in one place:
 
 Metadata columns: ``collection``; ``assets`` (JSON object band name -> href, in the sensor's band
 order); S2: ``cloud_cover`` (percent), ``processing_baseline`` (string as given, e.g. ``"04.00"``),
-``dn_offset`` (DN to subtract) and ``dn_rule`` (``metadata``/``baseline``/``date``/``unknown``/
-``offset_applied``); S1: ``instrument_mode``, ``polarizations`` (``"VV+VH"``), ``orbit_state``.
+``dn_offset`` (DN to subtract), ``dn_rule`` (``metadata``/``baseline``/``date``/``unknown``/
+``offset_applied``) and ``grid`` (:func:`proj_grid`: the grid of the finest band from the projection
+extension, so that windowed chip reads know a scene's chips without reading it); S1: ``instrument_mode``, ``polarizations`` (``"VV+VH"``), ``orbit_state``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "band_assets",
     "item_table",
     "item_time",
+    "proj_grid",
     "s2_offset",
     "self_href",
 ]
@@ -113,6 +115,42 @@ def band_assets(item: Mapping[str, Any], spec: SensorSpec) -> dict[str, str]:
     return {b: best[b][1] for b in spec.band_names if b in best}
 
 
+def _proj(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The projection extension's ``crs`` (from ``proj:code`` or ``proj:epsg``), ``transform``
+    and ``shape`` found in ``fields`` (an item's properties or one asset)."""
+    out: dict[str, Any] = {}
+    code = fields.get("proj:code") or (f"EPSG:{fields['proj:epsg']}" if fields.get("proj:epsg") else None)
+    if code:
+        out["crs"] = str(code)
+    if isinstance(fields.get("proj:transform"), list) and len(fields["proj:transform"]) in (6, 9):
+        out["transform"] = [float(v) for v in fields["proj:transform"][:6]]
+    if isinstance(fields.get("proj:shape"), list) and len(fields["proj:shape"]) == 2:
+        out["shape"] = [int(v) for v in fields["proj:shape"]]
+    return out
+
+
+def proj_grid(item: Mapping[str, Any], spec: SensorSpec) -> str | None:
+    """The grid of the item's finest band COG from the projection extension (``proj:code`` or
+    ``proj:epsg``, ``proj:transform``, ``proj:shape``, each on the asset or else on the item) as
+    :func:`s12mae.readers.windows.grid_to_json` stores it, or ``None`` where they are incomplete."""
+    from s12mae.readers.windows import grid_to_json
+
+    props, hrefs = _proj(item.get("properties") or {}), set(band_assets(item, spec).values())
+    best: dict[str, Any] | None = None
+    for asset in (item.get("assets") or {}).values():
+        if asset.get("href") not in hrefs:
+            continue
+        grid = {**props, **_proj(asset)}
+        if len(grid) == 3 and (best is None or _pixel_area(grid) < _pixel_area(best)):
+            best = grid
+    return None if best is None else grid_to_json(best["crs"], best["transform"], best["shape"])
+
+
+def _pixel_area(grid: Mapping[str, Any]) -> float:
+    a, b, _, d, e, _ = grid["transform"]
+    return abs(a * e - b * d)
+
+
 def _baseline(props: Mapping[str, Any]) -> str | None:
     for key in BASELINE_PROPERTIES:
         value = props.get(key)
@@ -167,6 +205,7 @@ def item_table(items: Sequence[Mapping[str, Any]], sensor: str) -> pa.Table:
         cols["processing_baseline"] = pa.array([o[0] for o in offsets], pa.string())
         cols["dn_offset"] = pa.array([o[1] for o in offsets], pa.int16())
         cols["dn_rule"] = pa.array([o[2] for o in offsets], pa.string())
+        cols["grid"] = pa.array([proj_grid(it, spec) for it in items], pa.string())
     else:
         cols["instrument_mode"] = pa.array([p.get("sar:instrument_mode") for p in props], pa.string())
         cols["polarizations"] = pa.array(

@@ -27,12 +27,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import rasterio
-from affine import Affine
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
-from rasterio.transform import array_bounds
-from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window
 
 from s12mae.paths import absolute, is_url
 from s12mae.readers.baseline import (
@@ -46,6 +43,9 @@ from s12mae.readers.baseline import (
     offset_evidence,
     time_from_tags,
 )
+from s12mae.readers.grid import Grid
+from s12mae.readers.warp import warp as _warp
+from s12mae.readers.windows import covering_window, window_grid
 from s12mae.sensors import SensorSpec, get_sensor, list_sensors
 from s12mae.times import iso_utc, parse_time
 
@@ -72,52 +72,6 @@ log = logging.getLogger(__name__)
 _INT16_MAX = np.iinfo(np.int16).max
 S2Offset = int | Literal["auto"] | None
 """A reader's ``s2_offset`` option (see :class:`RasterReader`)."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A raster grid: CRS, affine transform and size (``width`` x ``height`` pixels)."""
-
-    crs: CRS | None
-    transform: Affine
-    width: int
-    height: int
-
-    @classmethod
-    def of(cls, ds: rasterio.io.DatasetReader) -> Grid:
-        return cls(ds.crs, ds.transform, ds.width, ds.height)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """(left, bottom, right, top) in ``crs`` units."""
-        return tuple(float(v) for v in array_bounds(self.height, self.width, self.transform))  # type: ignore[return-value]
-
-    @property
-    def pixel_area(self) -> float:
-        return abs(self.transform.a * self.transform.e - self.transform.b * self.transform.d)
-
-    def same_as(self, other: Grid, tol: float = 0.01) -> bool:
-        """Same CRS and size, transforms equal to ``tol`` of a pixel."""
-        if (self.width, self.height) != (other.width, other.height) or self.crs != other.crs:
-            return False
-        return self.transform.almost_equals(other.transform, precision=tol * math.sqrt(self.pixel_area))
-
-    def at_gsd(self, gsd: float) -> Grid:
-        """This grid resampled to ``gsd`` metres over the same bounds (projected, north-up grids only;
-        geographic grids are returned unchanged: their native 10 m bands define the grid)."""
-        t = self.transform
-        if self.crs is None or not self.crs.is_projected or t.b or t.d:
-            return self
-        if abs(abs(t.a) - gsd) < 1e-6 * gsd and abs(abs(t.e) - gsd) < 1e-6 * gsd:
-            return self
-        left, bottom, right, top = self.bounds
-        width, height = round((right - left) / gsd), round((top - bottom) / gsd)
-        return Grid(self.crs, Affine(gsd, 0.0, left, 0.0, -gsd, top), width, height)
-
-    def footprint_wgs84(self) -> list[float] | None:
-        if self.crs is None:
-            return None
-        return [float(v) for v in transform_bounds(self.crs, "EPSG:4326", *self.bounds, densify_pts=21)]
 
 
 @dataclass(frozen=True)
@@ -186,13 +140,16 @@ class LabelLayer:
 
 @dataclass
 class Item:
-    """One sample as found on disk. The first layer (or label, if none) defines the grid."""
+    """One sample as found on disk. The first layer (or label, if none) defines the grid, unless
+    ``region`` gives it: then only the window of each file that covers ``region`` is read
+    (:mod:`s12mae.readers.windows`; one chip of a bigger scene)."""
 
     id: str
     layers: list[SensorLayer] = field(default_factory=list)
     labels: list[LabelLayer] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    region: Grid | None = None
 
     @property
     def keys(self) -> list[str]:
@@ -233,9 +190,9 @@ def _open(path: Path) -> rasterio.io.DatasetReader:
         raise ValueError(f"{path}: not a readable GeoTIFF ({err})") from None
 
 
-def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int) -> np.ndarray:
+def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int, window: Window | None = None) -> np.ndarray:
     try:
-        return ds.read(index)
+        return ds.read(index, window=window)
     except RasterioError as err:
         detail = f"{err}; {err.__cause__}" if err.__cause__ else str(err)
         if is_url(path):
@@ -245,64 +202,6 @@ def _read_band(ds: rasterio.io.DatasetReader, path: Path, index: int) -> np.ndar
         raise ValueError(
             f"{path}: cannot read band {index}; the file is corrupt or truncated ({detail})"
         ) from None
-
-
-def _warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Path) -> np.ndarray:
-    """Float band ``x`` (NaN = nodata) on ``src`` to ``dst``; pixels outside ``src`` become NaN."""
-    if src.same_as(dst):
-        return x
-    if src.crs is None and dst.crs is None:
-        return _resample_local(x, src, dst, resampling)
-    if src.crs is None or dst.crs is None:
-        which = path if src.crs is None else "the sample grid"
-        raise ValueError(
-            f"{path}: {which} has no CRS, so it cannot be warped onto the sample grid "
-            f"({dst.crs}, {dst.width}x{dst.height}); either every file of a sample is "
-            "georeferenced or none is"
-        )
-    left, bottom, right, top = transform_bounds(src.crs, dst.crs, *src.bounds, densify_pts=21)
-    d_left, d_bottom, d_right, d_top = dst.bounds
-    if left >= d_right or right <= d_left or bottom >= d_top or top <= d_bottom:
-        raise ValueError(
-            f"{path}: does not overlap the sample grid ({dst.crs}, bounds {dst.bounds}); "
-            f"its bounds are {src.bounds} in {src.crs}"
-        )
-    out = np.full((dst.height, dst.width), np.nan, dtype=np.float32)
-    reproject(
-        x,
-        out,
-        src_transform=src.transform,
-        src_crs=src.crs,
-        src_nodata=np.nan,
-        dst_transform=dst.transform,
-        dst_crs=dst.crs,
-        dst_nodata=np.nan,
-        resampling=resampling,
-    )
-    return out
-
-
-_LOCAL_CRS = CRS.from_epsg(3857)
-"""Stand-in CRS for grids in a layout's local frame (no CRS): the same on both sides of a warp, so
-the warp is a pure resampling between the two pixel grids (the CRS itself never matters)."""
-
-
-def _resample_local(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling) -> np.ndarray:
-    """Float band ``x`` on ``src`` to ``dst``, both in one local frame (no CRS, see
-    :meth:`RasterReader.file_grid`); pixels outside ``src`` become NaN."""
-    out = np.full((dst.height, dst.width), np.nan, dtype=np.float32)
-    reproject(
-        x,
-        out,
-        src_transform=src.transform,
-        src_crs=_LOCAL_CRS,
-        src_nodata=np.nan,
-        dst_transform=dst.transform,
-        dst_crs=_LOCAL_CRS,
-        dst_nodata=np.nan,
-        resampling=resampling,
-    )
-    return out
 
 
 def _stack_order(ds: rasterio.io.DatasetReader, path: Path, spec: SensorSpec) -> dict[str, int] | None:
@@ -464,7 +363,7 @@ class RasterReader:
         sample: dict[str, Any] = {"id": item.id}
         for layer in item.layers:
             spec = get_sensor(layer.sensor)
-            data, valid, time, offset = self._read_layer(layer, spec, grid)
+            data, valid, time, offset = self._read_layer(layer, spec, grid, item.region is not None)
             sample[layer.sensor], sample[f"valid.{layer.sensor}"] = data, valid
             meta["times"][layer.sensor] = iso_utc(time)
             meta["files"][layer.sensor] = [str(p) for p in layer.files]
@@ -474,7 +373,7 @@ class RasterReader:
                 if offset.get("check", {}).get("suspected"):
                     meta["offset_suspected"][layer.sensor] = offset["check"]
         for lab in item.labels:
-            sample[lab.key] = self._read_label(lab, grid)
+            sample[lab.key] = self._read_label(lab, grid, item.region is not None)
             meta["files"][lab.key] = [str(lab.path)]
         sample.update(item.arrays)
         meta.update(item.meta)
@@ -482,7 +381,10 @@ class RasterReader:
         return sample
 
     def reference_grid(self, item: Item) -> Grid:
-        """The grid of the finest file of the item's first layer, at ``gsd_m`` where projected."""
+        """The item's ``region`` if it has one, else the grid of the finest file of the item's first
+        layer, at ``gsd_m`` where projected."""
+        if item.region is not None:
+            return item.region
         if item.layers:
             paths = item.layers[0].files
         elif item.labels:
@@ -501,9 +403,10 @@ class RasterReader:
         return Grid.of(ds)
 
     def _read_layer(
-        self, layer: SensorLayer, spec: SensorSpec, grid: Grid
+        self, layer: SensorLayer, spec: SensorSpec, grid: Grid, windowed: bool = False
     ) -> tuple[np.ndarray, np.ndarray, datetime | None, dict[str, Any] | None]:
-        """One sensor on ``grid``: (data in file units, valid mask, time, offset record)."""
+        """One sensor on ``grid``: (data in file units, valid mask, time, offset record); ``windowed``
+        reads only the part of each file that covers ``grid`` (a file that misses it stays NaN)."""
         out = np.full((spec.num_channels, grid.height, grid.width), np.nan, dtype=np.float32)
         band_tags: list[dict[str, Any]] = [{} for _ in spec.band_names]
         metadata = {**(read_json(layer.sidecar) if layer.sidecar else {}), **layer.metadata}
@@ -511,14 +414,18 @@ class RasterReader:
         for pos, ref in enumerate(layer.bands):
             positions.setdefault(ref.path, []).append(pos)
         resampling = Resampling.bilinear
+        batched: dict[Grid, tuple[Path, list[int], list[np.ndarray]]] = {}  # windowed: one warp per source grid
         for path, poss in positions.items():
             with _open(path) as ds:
                 self._check_file(ds, path, spec, len(poss))
                 order = _stack_order(ds, path, spec) if len(poss) > 1 else None
-                src = self.file_grid(ds, path)
+                src, window = self._source(ds, path, grid, windowed)
                 for pos in poss:
                     index = order[spec.band_names[pos]] if order else layer.bands[pos].index
-                    raw = _read_band(ds, path, index)
+                    band_tags[pos] = {**metadata, **ds.tags(), **ds.tags(index)}
+                    if src is None:
+                        continue
+                    raw = _read_band(ds, path, index, window)
                     x = raw.astype(np.float32)
                     bad = ~np.isfinite(x)
                     file_nodata = ds.nodatavals[index - 1]
@@ -527,8 +434,13 @@ class RasterReader:
                     if not math.isnan(spec.nodata):
                         bad |= raw == spec.nodata
                     x[bad] = np.nan
-                    out[pos] = _warp(x, src, grid, resampling, path)
-                    band_tags[pos] = {**metadata, **ds.tags(), **ds.tags(index)}
+                    if windowed:  # rasterio's fixed cost per warp call dwarfs a chip's pixels
+                        batched.setdefault(src, (path, [], []))[1].append(pos)
+                        batched[src][2].append(x)
+                    else:
+                        out[pos] = _warp(x, src, grid, resampling, path)
+        for src, (path, poss, xs) in batched.items():
+            out[poss] = _warp(np.stack(xs), src, grid, resampling, path)
         all_tags = {k: v for tags in band_tags for k, v in tags.items()}
         time = layer.time or time_from_tags(all_tags)
         valid = np.isfinite(out)
@@ -590,16 +502,29 @@ class RasterReader:
                 "files have lost their fractional part"
             )
 
-    def _read_label(self, lab: LabelLayer, grid: Grid) -> np.ndarray:
+    def _source(self, ds: rasterio.io.DatasetReader, path: Path, grid: Grid,
+                windowed: bool) -> tuple[Grid | None, Window | None]:
+        """(grid of what to read, window): the whole file, or under ``windowed`` the window that
+        covers ``grid`` (``(None, None)`` where the file does not reach it)."""
+        src = self.file_grid(ds, path)
+        if not windowed:
+            return src, None
+        window = covering_window(src, grid)
+        return (None, None) if window is None else (window_grid(src, window), window)
+
+    def _read_label(self, lab: LabelLayer, grid: Grid, windowed: bool = False) -> np.ndarray:
         with _open(lab.path) as ds:
             if ds.count != 1 or np.dtype(ds.dtypes[0]).kind not in "iu":
                 raise ValueError(
                     f"{lab.path}: a label file must have 1 integer band, it has {ds.count} of {ds.dtypes[0]}"
                 )
-            raw = _read_band(ds, lab.path, 1)
+            src, window = self._source(ds, lab.path, grid, windowed)
+            if src is None:
+                return np.full((grid.height, grid.width), lab.fill, dtype=lab.dtype)
+            raw = _read_band(ds, lab.path, 1, window)
             x = raw.astype(np.float32)
             x[raw == lab.fill] = np.nan
-            x = _warp(x, self.file_grid(ds, lab.path), grid, Resampling.nearest, lab.path)
+            x = _warp(x, src, grid, Resampling.nearest, lab.path)
         return np.where(np.isfinite(x), x, lab.fill).astype(lab.dtype)
 
 

@@ -27,7 +27,6 @@ bytes).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -241,11 +240,10 @@ def write_shard_set_dask(data: str | Path, out: str | Path, cfg: ShardConfig, cl
     folder every worker can write. The shard set is byte-identical to the one-process writer's.
     """
     from s12mae.distributed import open_client
-    from s12mae.layouts import open_layout  # the readers (rasterio) only where a layout is opened
+    from s12mae.shards.write import layout_opener
 
-    keys = [*cfg.sensors, *(cfg.labels or [])]
-    samples = open_layout(layout, data, keys, skip_bad=skip_bad, split=split)
-    opener = functools.partial(open_layout, layout, str(data), keys, skip_bad=skip_bad, split=split)
+    opener = layout_opener(layout, data, cfg, skip_bad, split)
+    samples = opener()
     with open_client(cluster) as client:
         manifest = write_shards_distributed(opener, out, cfg, client, skip_bad=skip_bad, overwrite=overwrite,
                                             progress=progress, num_input=len(samples))

@@ -3,7 +3,9 @@
 :func:`write_shards` takes reader samples (an indexable sequence, see :mod:`s12mae.readers.base`);
 :func:`write_shard_set` opens a dataset layout by name first (``s12mae shards``). Chips are cut
 per :class:`~s12mae.shards.format.ShardConfig`: whole scenes, a grid, or random positions drawn
-from (seed, scene id), so the chips of a scene never depend on the other scenes.
+from (seed, scene id), so the chips of a scene never depend on the other scenes. A sample that is
+one chip-sized window of a bigger scene (``meta["window"]``: scene id and offset, see
+:func:`layout_opener`) keeps the ids and crop offsets of that scene's chips.
 
 Crash safety: each shard is written under a temporary name and renamed when complete (readers
 list only ``shard-NNNNNN.tar``); after each rename ``shards.progress.json`` records where the
@@ -16,9 +18,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import shutil
 import json
 import logging
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,7 +45,7 @@ from s12mae.shards.format import (
     read_manifest,
 )
 
-__all__ = ["write_shard_set", "write_shards"]
+__all__ = ["layout_opener", "write_shard_set", "write_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,10 @@ def _crop_positions(h: int, w: int, cfg: ShardConfig, scene_id: str) -> list[tup
     s = int(cfg.chip_size)  # type: ignore[arg-type]
     if h < s or w < s:
         return []
-    if cfg.crop == "grid":
-        return [(y, x) for y in range(0, h - s + 1, s) for x in range(0, w - s + 1, s)]
+    if cfg.crop == "grid":  # the rule that windowed readers cut scenes by, too
+        from s12mae.readers.windows import grid_positions  # rasterio only where chips are cut
+
+        return grid_positions(h, w, s)
     rng = np.random.default_rng(_scene_seed(cfg.seed, scene_id))
     ys = rng.integers(0, h - s + 1, cfg.crops_per_scene)
     xs = rng.integers(0, w - s + 1, cfg.crops_per_scene)
@@ -160,8 +164,11 @@ def _scene_chips(sample: Mapping[str, Any], cfg: ShardConfig, where: str) -> tup
     """Chips of one scene (validated) and the number dropped for too few valid pixels, by reason."""
     if "id" not in sample:
         raise ValueError(f"{where}: sample has no 'id'")
-    scene_id = str(sample["id"])
+    scene_id, (y0, x0) = str(sample["id"]), (0, 0)
     where = f"{where} (sample {scene_id!r})"
+    window = sample.get("meta", {}).get("window")  # a chip-sized window read alone: ids of its scene
+    if cfg.crop != "none" and window:
+        scene_id, y0, x0 = str(window["scene"]), int(window["y"]), int(window["x"])
     (h, w), labels = _check_scene(sample, cfg, where)
     stored = {k: _store(k, np.asarray(sample[k]), cfg.storage_dtype(k), where) for k in cfg.sensors}
     cropped = cfg.crop != "none"
@@ -181,9 +188,9 @@ def _scene_chips(sample: Mapping[str, Any], cfg: ShardConfig, where: str) -> tup
             lab = np.asarray(sample[key])
             chip[key] = _crop_label(lab, h, w, y, x, s_h) if cropped else lab
         meta = sample.get("meta", {})
-        chip["id"] = f"{scene_id}/{y}_{x}" if cropped else scene_id
+        chip["id"] = f"{scene_id}/{y0 + y}_{x0 + x}" if cropped else scene_id
         chip["scene_id"] = scene_id
-        chip["crop"] = {"y": y, "x": x, "size": s_h} if cropped else None
+        chip["crop"] = {"y": y0 + y, "x": x0 + x, "size": s_h} if cropped else None
         chip["meta"] = _crop_meta(meta, y, x, s_h) if cropped else plain(meta)
         chips.append(chip)
     return chips, dropped
@@ -372,12 +379,24 @@ def write_shard_set(data: str | Path, out: str | Path, cfg: ShardConfig, layout:
     Returns:
         The manifest of :func:`write_shards`.
     """
-    from s12mae.layouts import open_layout  # the readers (rasterio) only where a layout is opened
-
-    samples = open_layout(layout, data, [*cfg.sensors, *(cfg.labels or [])], skip_bad=skip_bad, split=split)
+    samples = layout_opener(layout, data, cfg, skip_bad, split)()
     manifest = write_shards(samples, out, cfg, skip_bad=skip_bad, overwrite=overwrite)
     print_summary(manifest, out, layout, list(getattr(samples, "skipped", [])))
     return manifest
+
+
+def layout_opener(layout: str, data: str | Path, cfg: ShardConfig, skip_bad: bool = False,
+                  split: list[str] | None = None) -> Callable[[], Sequence[Mapping[str, Any]]]:
+    """A picklable ``() -> samples`` that opens ``data`` as ``layout`` for the shard set of ``cfg``
+    (its sensors and labels only). Under ``crop="grid"`` the layout is opened with ``chip_size``:
+    ``pairs``/``s2-all`` rows with asset hrefs then give one chip-sized sample per grid chip, read
+    by a windowed read (:class:`s12mae.layouts.PairFolder`), which the writer cuts into exactly that
+    one chip; ``crop="random"`` reads whole scenes."""
+    from s12mae.layouts import open_layout  # the readers (rasterio) only where a layout is opened
+
+    chip_size = cfg.chip_size if cfg.crop == "grid" else None
+    return functools.partial(open_layout, layout, str(data), [*cfg.sensors, *(cfg.labels or [])],
+                             skip_bad=skip_bad, split=split, chip_size=chip_size)
 
 
 def print_summary(manifest: Mapping[str, Any], out: str | Path, layout: str, listed_bad: list[Any],
