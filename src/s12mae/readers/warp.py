@@ -8,11 +8,14 @@ pixels outside the source stay NaN. Grids without a CRS (a layout's local frame,
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import reproject, transform_bounds
 
 from s12mae.readers.grid import Grid
@@ -42,7 +45,7 @@ def warp(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, path: Path
             f"its bounds are {src.bounds} in {src.crs}"
         )
     out = np.full((*x.shape[:-2], dst.height, dst.width), np.nan, dtype=np.float32)
-    reproject(
+    _reproject(
         x,
         out,
         src_transform=src.transform,
@@ -65,7 +68,7 @@ def resample_local(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling) 
     """Float band ``x`` on ``src`` to ``dst``, both in one local frame (no CRS, see
     :meth:`RasterReader.file_grid`); pixels outside ``src`` become NaN."""
     out = np.full((*x.shape[:-2], dst.height, dst.width), np.nan, dtype=np.float32)
-    reproject(
+    _reproject(
         x,
         out,
         src_transform=src.transform,
@@ -77,3 +80,11 @@ def resample_local(x: np.ndarray, src: Grid, dst: Grid, resampling: Resampling) 
         resampling=resampling,
     )
     return out
+
+
+def _reproject(source: np.ndarray, destination: np.ndarray, **kwargs: Any) -> None:
+    """:func:`rasterio.warp.reproject` of arrays whose transforms are given: rasterio's in-memory
+    datasets warn that they have no geotransform before it sets the ones given, which means nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        reproject(source, destination, **kwargs)
