@@ -73,6 +73,22 @@ def test_numbering_puts_chips_in_shards_globally():
     assert n.add("c", 0, 2, 5) == [(1, [("c", 0, 2, 1, 5)])] and n.flush() == []
 
 
+def test_held_chips_keep_no_more_than_their_pixels():
+    from s12mae.shards.write import _fresh_counters, _scene_at
+
+    def held(cfg):
+        chips = parallel._compact(_scene_at(scenes(1, size=64), 0, cfg, _fresh_counters(), False))
+        owners = {id(v.base if v.base is not None else v): (v.base if v.base is not None else v).nbytes
+                  for chip in chips for v in chip.values() if isinstance(v, np.ndarray)}
+        pixels = sum(v.nbytes for chip in chips for v in chip.values() if isinstance(v, np.ndarray))
+        return sum(owners.values()), pixels, chips[0]["s2_l1c"].base is not None
+
+    kept, pixels, view = held(ShardConfig(sensors=["s2_l1c", "s1_grd"], crop="random", chip_size=16, crops_per_scene=2))
+    assert kept <= pixels and not view  # two 16 px crops of a 64 px scene (8x their bytes): copies
+    kept, pixels, view = held(GRID_CFG)  # a grid covers the scene: copying would save nothing
+    assert kept <= 2 * pixels and view
+
+
 @pytest.mark.parametrize("cfg", [
     GRID_CFG,  # shards end mid-scene
     ShardConfig(sensors=["s2_l1c", "s1_grd"], crop="random", chip_size=32, crops_per_scene=3, chips_per_shard=4,

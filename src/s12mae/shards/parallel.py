@@ -41,6 +41,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from s12mae.distributed import TaskBar, worker_cached
 from s12mae.files import atomic_write, remove_stale_temps
 from s12mae.shards.format import (
@@ -75,9 +77,10 @@ Batch = list[tuple[list[Chip], dict[str, Any]]]
 """The chips and counters of each scene of a run of consecutive scenes."""
 Piece = tuple[Any, int, int, int, int]
 """``(batch, scene offset in the batch, scene position, first chip, end chip)``: a run of one
-scene's chips inside one shard; ``batch`` is the batch's future (client) or its index among the
-shard task's arguments (worker)."""
+scene's chips inside one shard; ``batch`` is the future of the batch that holds them."""
 
+MAX_SCENES_PER_TASK = 64
+"""Most scenes one read task takes (ours): fewer tasks where scenes give few chips."""
 PROGRESS_EVERY_S = 2.0
 """Seconds between two writes of the progress file (ours): a killed client loses at most this much
 of its record (those shards are kept anyway, only their scenes are read again)."""
@@ -89,8 +92,20 @@ def _read_task(source: Source, token: str, first: int, end: int, cfg: ShardConfi
     batch = []
     for pos in range(first, end):
         counters = _fresh_counters()
-        batch.append((_scene_at(samples, pos, cfg, counters, skip_bad), counters))
+        batch.append((_compact(_scene_at(samples, pos, cfg, counters, skip_bad)), counters))
     return batch
+
+
+def _compact(chips: list[Chip]) -> list[Chip]:
+    """``chips`` with their own arrays where they are views that keep a much larger scene alive
+    (a few random crops of a big scene), so that a held batch keeps about its chips' pixels (and Dask
+    counts what it holds). Chips that cover their scene (a grid) stay views: copying saves nothing."""
+    views = [v for chip in chips for v in chip.values() if isinstance(v, np.ndarray) and v.base is not None]
+    scenes = {id(v.base): getattr(v.base, "nbytes", 0) for v in views}
+    if sum(scenes.values()) <= 2 * sum(v.nbytes for v in views):
+        return chips
+    return [{k: v.copy() if isinstance(v, np.ndarray) and v.base is not None else v for k, v in chip.items()}
+            for chip in chips]
 
 
 def _count_task(batch: Batch) -> list[tuple[int, dict[str, Any]]]:
@@ -98,17 +113,30 @@ def _count_task(batch: Batch) -> list[tuple[int, dict[str, Any]]]:
     return [(len(chips), counters) for chips, counters in batch]
 
 
-def _shard_task(out: str, number: int, cfg: ShardConfig, pieces: Sequence[Piece], *batches: Batch) -> dict[str, Any]:
-    """Write shard ``number`` from the chips ``pieces`` name in ``batches``; its manifest entry."""
+def _pick_task(batch: Batch, picks: Sequence[tuple[int, int, int, int]]) -> list[list[Chip]]:
+    """The chips ``first .. end - 1`` of each scene ``(offset in the batch, position, first, end)``
+    of ``picks``: a shard task's part of one batch, cut where the batch is, so that only the chips
+    a shard needs travel to the worker writing it."""
+    runs = []
+    for offset, pos, first, end in picks:
+        chips = batch[offset][0]
+        if len(chips) < end:  # only where a lost batch was recomputed from an input that changed
+            raise ValueError(f"sample {pos}: gave {len(chips)} chips now and at least {end} before; "
+                             "the input changed (or failed to load) during the run")
+        runs.append(chips[first:end])
+    return runs
+
+
+def _shard_task(out: str, number: int, cfg: ShardConfig, spans: Sequence[tuple[int, int, int]],
+                *parts: list[list[Chip]]) -> dict[str, Any]:
+    """Write shard ``number``: the chips of ``spans`` (``(scene position, first, end)``, in order),
+    found in the ``parts`` picked from the batches (one run of chips per span); its manifest entry."""
+    runs = [run for part in parts for run in part]
 
     def placed() -> Iterator[Placed]:
-        for b, offset, pos, first, end in pieces:
-            chips = batches[b][offset][0]
-            if len(chips) < end:  # only where a lost batch was recomputed from an input that changed
-                raise ValueError(f"sample {pos}: gave {len(chips)} chips now and at least {end} before; "
-                                 "the input changed (or failed to load) during the run")
-            for j in range(first, end):
-                yield chips[j], pos, j, {}
+        for (pos, first, _), chips in zip(spans, runs, strict=True):
+            for j, chip in enumerate(chips, first):
+                yield chip, pos, j, {}
 
     entry, _ = _write_shard(Path(out) / f"shard-{number:06d}.tar", number, placed(), cfg)
     return entry
@@ -186,9 +214,9 @@ class _Run:
         self.numbering = _Numbering(cfg.chips_per_shard, len(state["shards"]), (state["scene"], state["after_chip"]))
         self.entries: dict[int, dict[str, Any]] = dict(enumerate(state["shards"]))
         self.ends: dict[int, tuple[int, int, Any]] = {}  # shard -> (scene, last chip, counters before the scene)
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
-        self.per_task = max(1, min(8, math.ceil((num_input - state["scene"]) / (4 * workers))))  # (ours)
-        self.max_reading, self.max_writing = 2 * workers + 1, 2 * workers  # the memory bound (ours)
+        self.workers = workers = max(1, len(client.scheduler_info().get("workers", {})))
+        self.scenes_taken = self.chips_taken = 0  # size the read tasks
+        self.max_reading, self.max_writing = workers + 1, 2 * workers  # the memory bound (ours)
         self.next_read = self.next_count = state["scene"]
         self.reading: dict[int, tuple[Any, Any, int]] = {}  # first scene -> (batch, counts future, end)
         self.counted: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # arrived before their turn
@@ -227,7 +255,7 @@ class _Run:
         """Submit batches of scenes while the window has room."""
         while (self.next_read < self.num_input and len(self.reading) < self.max_reading
                and len(self.writing) < self.max_writing):
-            first, end = self.next_read, min(self.next_read + self.per_task, self.num_input)
+            first, end = self.next_read, min(self.next_read + self._scenes_per_task(), self.num_input)
             batch = self.client.submit(_read_task, self.source, self.token, first, end, self.cfg, self.skip_bad,
                                        key=f"s12mae-read-{self.run_id}-{first}", pure=False)
             counts = self.client.submit(_count_task, batch, key=f"s12mae-count-{self.run_id}-{first}", pure=False)
@@ -235,6 +263,17 @@ class _Run:
             self.keys[counts.key] = ("counts", first)
             self.done.add(counts)
             self.next_read = end
+
+    def _scenes_per_task(self) -> int:
+        """About two shards of chips per read task (ours: most shards are then written where their
+        chips are; a few shards of chips in memory per worker), at most MAX_SCENES_PER_TASK scenes,
+        and 4 tasks per worker at least while the chips per scene are not known yet."""
+        left = self.num_input - self.next_read
+        if not self.scenes_taken:
+            return max(1, min(8, math.ceil(left / (4 * self.workers))))
+        per_scene = max(self.chips_taken / self.scenes_taken, 1 / MAX_SCENES_PER_TASK)
+        return max(1, min(MAX_SCENES_PER_TASK, round(2 * self.cfg.chips_per_shard / per_scene),
+                          math.ceil(left / self.workers)))
 
     def _take_counts(self, first: int, counts: list[tuple[int, dict[str, Any]]]) -> None:
         """Number the chips of the batches counted so far, in scene order; write the shards they fill."""
@@ -246,6 +285,7 @@ class _Run:
                 for shard, pieces in self.numbering.add(batch, offset, first + offset, n):
                     self._write(shard, pieces, plain(self.counters))
                 _merge_counters(self.counters, scene_counters)
+                self.scenes_taken, self.chips_taken = self.scenes_taken + 1, self.chips_taken + n
             self.next_count = end
             self.bar.update(end - first, **self._rate())
         self._flush_if_all_read()
@@ -262,10 +302,13 @@ class _Run:
         if shard in self.kept:
             self._shard_done(shard, _entry(self.out / f"shard-{shard:06d}.tar", sum(p[4] - p[3] for p in pieces)))
             return
-        batches = list({p[0].key: p[0] for p in pieces}.values())
-        index = {b.key: i for i, b in enumerate(batches)}
-        spec = [(index[b.key], offset, pos, first, end) for b, offset, pos, first, end in pieces]
-        fut = self.client.submit(_shard_task, str(self.out), shard, self.cfg, spec, *batches,
+        groups: dict[str, list[Piece]] = {}  # pieces by batch, in scene order
+        for piece in pieces:
+            groups.setdefault(piece[0].key, []).append(piece)
+        parts = [self.client.submit(_pick_task, group[0][0], [p[1:] for p in group], pure=False, priority=1,
+                                    key=f"s12mae-pick-{self.run_id}-{shard}-{i}")
+                 for i, group in enumerate(groups.values())]
+        fut = self.client.submit(_shard_task, str(self.out), shard, self.cfg, [p[2:] for p in pieces], *parts,
                                  key=f"s12mae-shard-{self.run_id}-{shard}", pure=False, priority=1)
         self.writing[shard] = fut
         self.keys[fut.key] = ("shard", shard)
