@@ -1,21 +1,24 @@
 """Writing a shard set on a Dask cluster: the same bytes as the one-process writer (design note 17).
 
-Every scene is read and cut once. The client submits batches of consecutive scenes
-(:func:`_read_task`, the one-process writer's own per-scene rule
-:func:`~s12mae.shards.write._scene_at`: chip positions from (seed, scene id), validity, skips); a
-batch's chips stay in the memory of the worker that cut them, and only the number of chips of each
-scene and its counters come back to the client (:func:`_count_task`). The client takes those
-counts in scene order (the layouts list scenes sorted), numbers the chips globally
-(:class:`_Numbering`: shard ``k`` holds chips ``[k * chips_per_shard, (k + 1) * chips_per_shard)``)
-and, as soon as shard ``k``'s chips are known, submits one task that writes it from the batches
-holding them (:func:`_shard_task`; Dask moves chips between workers where needed), under a
-temporary name, then a rename (:func:`~s12mae.shards.write._write_shard`). The scheduler frees a
-batch once the last shard task that needs it is done.
+Every scene is read and cut once. The client submits tasks that each read a batch of consecutive
+scenes (:func:`_read_task`, the one-process writer's own per-scene rule
+:func:`~s12mae.shards.write._scene_at`: chip positions from (seed, scene id), validity, skips;
+about two shards of chips per batch once the chips per scene are known); a batch's chips stay in
+the memory of the worker that cut them, and only the number of chips of each scene and its
+counters come back to the client (:func:`_count_task`). The client takes those counts in scene
+order (the layouts list scenes sorted), numbers the chips globally (:class:`_Numbering`: shard
+``k`` holds chips ``[k * chips_per_shard, (k + 1) * chips_per_shard)``) and, as soon as shard
+``k``'s chips are known, submits one task that writes it (:func:`_shard_task`, under a temporary
+name, then a rename: :func:`~s12mae.shards.write._write_shard`) from its chips, picked out of each
+batch where the batch is (:func:`_pick_task`), so that only those chips travel when Dask runs the
+shard on another worker. The scheduler frees a batch once the last task that needs it is done.
 
-Memory is bounded: reads run at most a few batches ahead of the scene order and at most a few
-shard tasks wait at a time, so the workers hold a few batches and shards of chips, never the
-input. The manifest is written last, from the shards' entries in shard order and the scene
-counters summed in scene order: byte-identical to ``write_shards`` on the same input.
+Memory is bounded: reads run at most ``workers + 1`` batches ahead of the numbering and at most
+``2 * workers`` shard tasks wait at a time, so the cluster holds a few shards of chips per worker,
+never the input; chips that are views of a much larger scene (a few random crops) are copied so
+that the scene is freed (:func:`_compact`). The manifest is written last, from the shards' entries
+in shard order and the scene counters summed in scene order: byte-identical to ``write_shards``
+on the same input.
 
 Crash safety: a killed worker's lost batches are recomputed by the scheduler (the tasks are pure
 functions of the input) and its shard task is rerun (temporary name, then rename; same bytes). A
@@ -333,6 +336,8 @@ class _Run:
         if count == len(self.state["shards"]):
             return
         scene, chip, before = self.ends[count - 1]
+        for k in range(len(self.state["shards"]), count):
+            del self.ends[k]  # the record holds them now (each holds a copy of the counters)
         self.state.update(shards=[self.entries[k] for k in range(count)], scene=scene, after_chip=chip,
                           counters=before)
         atomic_write(self.out / PROGRESS, json_bytes(self.state))
