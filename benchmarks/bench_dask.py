@@ -2,10 +2,10 @@
 
 1. ``s12mae shards`` throughput: a simulated dataset (``--scenes`` scenes at ``--size`` px, S2 +
    S1) cut into a grid of 64 px chips, written in one process (``write_shard_set``) and on a
-   ``LocalCluster`` of 1 and 2 worker processes of one thread (``write_shards_distributed``, each
-   scene read once; worker start-up and imports excluded: the cluster is started and the readers
-   imported before the clock, as the one-process writer's are). Chips written per second; the sets
-   are checked byte-identical; the load average is printed before each row, and the CPU seconds of
+   ``LocalCluster`` of 1 and 2 worker processes of one thread (``open_client("local:N")``, what
+   ``--cluster local:N`` starts; ``write_shards_distributed``; worker start-up and imports
+   excluded: the cluster is started and the readers imported before the clock, as the one-process
+   writer's are). Chips written per second; the sets are checked byte-identical; the load average is printed before each row, and the CPU seconds of
    the client (with the scheduler) and the workers; ``--repeat R`` keeps the run of median wall time.
 2. Shard reading: the one-process set read back with ``read_samples`` (decode every member) from
    the local folder and from a local S3 endpoint (moto's server on localhost, the test suite's
@@ -44,8 +44,7 @@ def _dask_write(opener: Any, out: Path, **kwargs: Any) -> dict:
 def _write(args: argparse.Namespace, work: Path) -> list[dict]:
     import functools
 
-    import distributed
-
+    from s12mae.distributed import open_client
     from s12mae.layouts import open_layout
     from s12mae.shards import ShardConfig, write_shard_set
 
@@ -66,8 +65,7 @@ def _write(args: argparse.Namespace, work: Path) -> list[dict]:
     timed("one process", 0, lambda out: write_shard_set(data, out, cfg), time.process_time)
     keys = list(cfg.sensors)
     for n in (1, 2):
-        with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                      dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+        with open_client(f"local:{n}") as client:  # the CLI's cluster: processes of one thread
             opener = functools.partial(open_layout, "simulated", data, keys)
             client.run(lambda: [__import__(m) for m in ("s12mae.shards.parallel", "s12mae.layouts")])  # not timed
             num_input = len(opener())

@@ -215,6 +215,16 @@ def test_cli_stats_on_the_cluster_match_in_process(tmp_path, client):
                                            rtol=0.05, atol=0.05)
 
 
+def test_local_workers_keep_freed_memory_for_reuse(monkeypatch):
+    """Dask's MALLOC_TRIM_THRESHOLD_ (page faults on every scene-sized array) is not passed on."""
+    from s12mae.distributed import open_client
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # an earlier cluster in this process may set it
+    with open_client("local:1") as c:
+        env = c.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+    assert list(env.values()) == [(None, "1")]  # Dask's other settings stay
+
+
 @pytest.mark.skipif(os.environ.get("S12MAE_SLOW_TESTS") != "1",
                     reason="starts and restarts worker processes (70 s on 2 busy cores); S12MAE_SLOW_TESTS=1 runs it")
 def test_a_killed_worker_is_survived(tmp_path):

@@ -60,6 +60,12 @@ def open_client(spec: str, *, threads_per_worker: int = 1, timeout_s: float = 30
     default: chipping holds the GIL in numpy and tar code) and shuts them down afterwards; an
     address connects to a running scheduler and leaves it running.
 
+    The local workers run without Dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` (ours): with it,
+    glibc hands every freed scene-sized array back to the system and page-faults the next one in,
+    which took about twice the system CPU time of one process when chipping (benchmarks/RESULTS.md);
+    memory stays bounded by the writer's window. A variable of that name in the environment still
+    wins. Workers you start yourself (``dask worker``) take the environment you give them.
+
     Raises:
         ValueError: Dask is not installed, or the scheduler cannot be reached within ``timeout_s``.
     """
@@ -67,9 +73,12 @@ def open_client(spec: str, *, threads_per_worker: int = 1, timeout_s: float = 30
     kind, value = parse_cluster(spec)
     with contextlib.ExitStack() as stack:
         if kind == "local":
-            cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=int(value), threads_per_worker=threads_per_worker, processes=True,
-                dashboard_address=":0"))
+            import dask
+
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=int(value), threads_per_worker=threads_per_worker, processes=True,
+                    dashboard_address=":0"))
             client = stack.enter_context(distributed.Client(cluster))
         else:
             try:
