@@ -6,7 +6,9 @@
    ``--cluster local:N`` starts; ``write_shards_distributed``; worker start-up and imports
    excluded: the cluster is started and the readers imported before the clock, as the one-process
    writer's are). Chips written per second; the sets are checked byte-identical; the load average is printed before each row, and the CPU seconds of
-   the client (with the scheduler) and the workers; ``--repeat R`` keeps the run of median wall time.
+   the client (with the scheduler) and the workers, and the workers' peak anonymous memory (the
+   largest, polled every 0.1 s: ``RssAnon``, without the memory-mapped scene files);
+   ``--repeat R`` keeps the run of median wall time.
 2. Shard reading: the one-process set read back with ``read_samples`` (decode every member) from
    the local folder and from a local S3 endpoint (moto's server on localhost, the test suite's
    ``fixtures_servers.S3Server``), after ``storage.upload_folder``. Chips per second and MB/s.
@@ -26,13 +28,42 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 HERE = Path(__file__).resolve().parent
 
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _anon_mb() -> float:
+    """This process's anonymous resident memory (Linux): its own data, without the pages of files it
+    maps (the simulated layout memory-maps its scenes; those pages are the page cache's)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:")) / 1024
+
+
+class _PeakAnon:
+    """The largest anonymous memory of any worker, polled every 0.1 s while in the ``with`` block."""
+
+    def __init__(self, client: Any) -> None:
+        import threading
+
+        self.client, self.peak, self.stop = client, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.1):
+            self.peak = max(self.peak, *self.client.run(_anon_mb).values())
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def _dask_write(opener: Any, out: Path, **kwargs: Any) -> dict:
@@ -69,8 +100,10 @@ def _write(args: argparse.Namespace, work: Path) -> list[dict]:
             opener = functools.partial(open_layout, "simulated", data, keys)
             client.run(lambda: [__import__(m) for m in ("s12mae.shards.parallel", "s12mae.layouts")])  # not timed
             num_input = len(opener())
-            timed("dask", n, functools.partial(_dask_write, opener, cfg=cfg, client=client, num_input=num_input),
-                  lambda c=client: time.process_time() + sum(c.run(time.process_time).values()))  # scheduler: here
+            with _PeakAnon(client) as memory:
+                timed("dask", n, functools.partial(_dask_write, opener, cfg=cfg, client=client, num_input=num_input),
+                      lambda c=client: time.process_time() + sum(c.run(time.process_time).values()))  # scheduler here
+            rows[-1]["peak_anon_mb"] = memory.peak
         rows[-1]["identical"] = _files(rows[-1]["folder"]) == _files(rows[0]["folder"])
     for r in rows:
         r["chips_per_s"] = r["chips"] / r["seconds"]
@@ -121,10 +154,11 @@ def main() -> None:
         reads = [] if args.write_only else _read(work)
     print(json.dumps({"load_average_end": os.getloadavg()}))
     print("\n| writer | workers | chips | seconds | chips/s | CPU s (all processes) | identical to one process "
-          "| load before |\n|---|---|---|---|---|---|---|---|")
+          "| load before | worker peak anon. MB |\n|---|---|---|---|---|---|---|---|---|")
     for r in writes:
+        memory = f"{r['peak_anon_mb']:.0f}" if "peak_anon_mb" in r else "-"
         print(f"| {r['mode']} | {r['workers'] or '-'} | {r['chips']} | {r['seconds']:.2f} | {r['chips_per_s']:.0f} "
-              f"| {r['cpu_s']:.2f} | {r.get('identical', '-')} | {r['load']:.1f} |")
+              f"| {r['cpu_s']:.2f} | {r.get('identical', '-')} | {r['load']:.1f} | {memory} |")
     if reads:
         print("\n| shard source | chips | seconds | chips/s | MB/s |\n|---|---|---|---|---|")
     for r in reads:  # empty under --write-only
