@@ -3,13 +3,14 @@
 The one home of how ``s12mae shards`` and ``s12mae stats`` reach Dask (``dask.distributed``, the
 ``[dask]`` extra): :func:`open_client` turns a cluster spec into a client (a ``LocalCluster`` that
 it owns and closes, or a connection to a running scheduler: one you started with
-``dask scheduler``/``dask worker``, or a SLURM/PBS cluster of ``dask-jobqueue``), and
-:func:`gather_in_order` runs tasks with a live progress bar (tqdm) and hands back their results in
-submission order, so what the tasks compute never depends on which worker finished first.
+``dask scheduler``/``dask worker``, or a SLURM/PBS cluster of ``dask-jobqueue``);
+:class:`TaskBar` is their live progress line (tqdm) and :func:`worker_cached` opens a dataset once
+per worker process.
 
 A worker that dies mid-task is survived by Dask itself: the scheduler reruns the task on another
-worker (up to ``distributed.scheduler.allowed-failures`` times). The tasks given here must
-therefore be idempotent: the shard writer's are (temporary name, then rename; same bytes).
+worker (up to ``distributed.scheduler.allowed-failures`` times) and recomputes results lost with
+it. The tasks run there must therefore be idempotent: the shard writer's are (pure reads;
+temporary name, then rename, same bytes).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["TaskBar", "gather_in_order", "open_client", "parse_cluster", "worker_cached"]
+__all__ = ["TaskBar", "open_client", "parse_cluster", "worker_cached"]
 
 _OPENED: dict[str, Any] = {}
 _OPENED_LOCK = threading.Lock()
@@ -60,6 +60,12 @@ def open_client(spec: str, *, threads_per_worker: int = 1, timeout_s: float = 30
     default: chipping holds the GIL in numpy and tar code) and shuts them down afterwards; an
     address connects to a running scheduler and leaves it running.
 
+    The local workers run without Dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` (ours): with it,
+    glibc hands every freed scene-sized array back to the system and page-faults the next one in,
+    which took about twice the system CPU time of one process when chipping (benchmarks/RESULTS.md);
+    memory stays bounded by the writer's window. A variable of that name in the environment still
+    wins. Workers you start yourself (``dask worker``) take the environment you give them.
+
     Raises:
         ValueError: Dask is not installed, or the scheduler cannot be reached within ``timeout_s``.
     """
@@ -67,9 +73,12 @@ def open_client(spec: str, *, threads_per_worker: int = 1, timeout_s: float = 30
     kind, value = parse_cluster(spec)
     with contextlib.ExitStack() as stack:
         if kind == "local":
-            cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=int(value), threads_per_worker=threads_per_worker, processes=True,
-                dashboard_address=":0"))
+            import dask
+
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=int(value), threads_per_worker=threads_per_worker, processes=True,
+                    dashboard_address=":0"))
             client = stack.enter_context(distributed.Client(cluster))
         else:
             try:
@@ -95,35 +104,6 @@ class TaskBar:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def gather_in_order(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]],
-                    on_done: Callable[[int, Any], None] | None = None, *, key: str = "s12mae",
-                    retries: int = 0) -> list[Any]:
-    """``[fn(*t) for t in tasks]`` on the cluster; results in the order of ``tasks``.
-
-    ``on_done(i, result)`` runs on the client as each task finishes (in completion order), e.g. to
-    move a progress bar. A task that raises is retried ``retries`` times (default none: bad input
-    fails the same way again, and reads from object storage retry on their own); a worker that
-    died is handled by the scheduler, which reruns its tasks elsewhere. The first error is raised
-    here, after the other tasks are cancelled.
-    """
-    distributed = _import_distributed()
-    run = uuid.uuid4().hex[:8]  # task keys unique per call: two calls on one client never collide
-    futures = [client.submit(fn, *t, key=f"{key}-{run}-{i}", pure=False, retries=retries)
-               for i, t in enumerate(tasks)]
-    index = {f.key: i for i, f in enumerate(futures)}
-    results: list[Any] = [None] * len(futures)
-    try:
-        for fut in distributed.as_completed(futures):
-            i = index[fut.key]
-            results[i] = fut.result()  # raises the task's error
-            if on_done is not None:
-                on_done(i, results[i])
-    except BaseException:
-        client.cancel(futures)
-        raise
-    return results
 
 
 def worker_cached(source: Any, token: str) -> Any:

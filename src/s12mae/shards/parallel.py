@@ -1,28 +1,35 @@
 """Writing a shard set on a Dask cluster: the same bytes as the one-process writer (design note 17).
 
-Two passes over the input, both spread over the workers:
+Every scene is read and cut once. The client submits tasks that each read a batch of consecutive
+scenes (:func:`_read_task`, the one-process writer's own per-scene rule
+:func:`~s12mae.shards.write._scene_at`: chip positions from (seed, scene id), validity, skips;
+about two shards of chips per batch once the chips per scene are known); a batch's chips stay in
+the memory of the worker that cut them, and only the number of chips of each scene and its
+counters come back to the client (:func:`_count_task`). The client takes those counts in scene
+order (the layouts list scenes sorted), numbers the chips globally (:class:`_Numbering`: shard
+``k`` holds chips ``[k * chips_per_shard, (k + 1) * chips_per_shard)``) and, as soon as shard
+``k``'s chips are known, submits one task that writes it (:func:`_shard_task`, under a temporary
+name, then a rename: :func:`~s12mae.shards.write._write_shard`) from its chips, picked out of each
+batch where the batch is (:func:`_pick_task`), so that only those chips travel when Dask runs the
+shard on another worker. The scheduler frees a batch once the last task that needs it is done.
 
-1. **Plan.** Every scene is read and cut (:func:`~s12mae.shards.write._scene_at`, the one-process
-   writer's own rule: chip positions from (seed, scene id), validity, skips) and only the number
-   of chips it gives and its counters come back. Scenes keep the input's order (the layouts list
-   them sorted), so chip ``i`` of the set is the ``i``-th chip of the one-process writer, and
-   shard ``k`` holds chips ``[k * chips_per_shard, (k + 1) * chips_per_shard)``. The plan is saved
-   (``shards.plan.json``) so that a rerun skips this pass.
-2. **Write.** One task per missing shard re-reads the scenes whose chips fall in it, cuts them again
-   (deterministic) and writes the shard under a temporary name, then renames it
-   (:func:`~s12mae.shards.write._write_shard`, the one-process writer's own code).
+Memory is bounded: reads run at most ``workers + 1`` batches ahead of the numbering and at most
+``2 * workers`` shard tasks wait at a time, so the cluster holds a few shards of chips per worker,
+never the input; chips that are views of a much larger scene (a few random crops) are copied so
+that the scene is freed (:func:`_compact`). The manifest is written last, from the shards' entries
+in shard order and the scene counters summed in scene order: byte-identical to ``write_shards``
+on the same input.
 
-The manifest is written last, from the shards' entries in shard order and the scene counters
-summed in scene order: byte-identical to ``write_shards`` on the same input. The price of
-bounded memory and free assignment is reading each scene twice (a scene that straddles two
-shards three times).
-
-Crash safety: a killed worker's task is rerun by the scheduler on another worker (the task is
-idempotent); a killed client leaves complete shards under their final names and temporaries
-under ``.shard-*.tmp*`` names, and a rerun removes the temporaries, keeps the complete shards and
-writes the rest. Shards already in the folder are kept only when the folder holds this run's plan
-or a one-process writer's progress file of the same config and input (its shards are the same
-bytes).
+Crash safety: a killed worker's lost batches are recomputed by the scheduler (the tasks are pure
+functions of the input) and its shard task is rerun (temporary name, then rename; same bytes). A
+killed client leaves complete shards under their final names, temporaries under ``.shard-*.tmp*``
+names and ``shards.progress.json``, the one-process writer's own progress record: the complete
+shards from shard 0 on without a gap, and the scene and chip the next shard starts at (written at
+most every :data:`PROGRESS_EVERY_S` seconds). A rerun (of either writer) removes the temporaries
+and reads the input from that scene on, once; shards beyond the gap that are already complete are
+kept, not rewritten (their scenes are read again, to number the chips). Shards already in the
+folder are kept only when it holds a progress file (or an older version's ``shards.plan.json``)
+of the same config and input, whose shards are the same bytes.
 """
 
 from __future__ import annotations
@@ -30,11 +37,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from s12mae.distributed import TaskBar, gather_in_order, worker_cached
+import numpy as np
+
+from s12mae.distributed import TaskBar, worker_cached
 from s12mae.files import atomic_write, remove_stale_temps
 from s12mae.shards.format import (
     MANIFEST,
@@ -44,13 +55,16 @@ from s12mae.shards.format import (
     json_bytes,
     manifest_bytes,
     new_manifest,
+    plain,
 )
 from s12mae.shards.write import (
     PLAN,
+    Chip,
     Placed,
     _check_same_input,
     _fresh_counters,
     _remove_leftovers,
+    _resume_state,
     _scene_at,
     _write_shard,
     print_summary,
@@ -61,33 +75,70 @@ __all__ = ["write_shard_set_dask", "write_shards_distributed"]
 Source = Any
 """Where a task finds the samples: a sequence (scattered to the workers) or a picklable opener
 ``() -> Sequence`` that each worker calls once (:func:`s12mae.distributed.worker_cached`)."""
-Span = tuple[int, int, int]
-"""``(scene position, first chip, end chip)``: a run of one scene's chips inside one shard."""
+Batch = list[tuple[list[Chip], dict[str, Any]]]
+"""The chips and counters of each scene of a run of consecutive scenes."""
+Piece = tuple[Any, int, int, int, int]
+"""``(batch, scene offset in the batch, scene position, first chip, end chip)``: a run of one
+scene's chips inside one shard; ``batch`` is the future of the batch that holds them."""
 
-def _plan_task(source: Source, token: str, positions: Sequence[int], cfg: ShardConfig,
-               skip_bad: bool) -> list[tuple[int, dict[str, Any]]]:
-    """``(chips, counters)`` of each scene at ``positions``."""
+MAX_SCENES_PER_TASK = 64
+"""Most scenes one read task takes (ours): fewer tasks where scenes give few chips."""
+PROGRESS_EVERY_S = 2.0
+"""Seconds between two writes of the progress file (ours): a killed client loses at most this much
+of its record (those shards are kept anyway, only their scenes are read again)."""
+
+
+def _read_task(source: Source, token: str, first: int, end: int, cfg: ShardConfig, skip_bad: bool) -> Batch:
+    """The chips and counters of scenes ``first .. end - 1``; they stay on the worker."""
     samples = worker_cached(source, token)
-    out = []
-    for pos in positions:
+    batch = []
+    for pos in range(first, end):
         counters = _fresh_counters()
-        out.append((len(_scene_at(samples, pos, cfg, counters, skip_bad)), counters))
-    return out
+        batch.append((_compact(_scene_at(samples, pos, cfg, counters, skip_bad)), counters))
+    return batch
 
 
-def _shard_task(source: Source, token: str, out: str, number: int, spans: Sequence[Span], cfg: ShardConfig,
-                skip_bad: bool) -> dict[str, Any]:
-    """Write shard ``number`` from the chips of ``spans``; its manifest entry."""
-    samples = worker_cached(source, token)
+def _compact(chips: list[Chip]) -> list[Chip]:
+    """``chips`` with their own arrays where they are views that keep a much larger scene alive
+    (a few random crops of a big scene), so that a held batch keeps about its chips' pixels (and Dask
+    counts what it holds). Chips that cover their scene (a grid) stay views: copying saves nothing."""
+    views = [v for chip in chips for v in chip.values() if isinstance(v, np.ndarray) and v.base is not None]
+    scenes = {id(v.base): getattr(v.base, "nbytes", 0) for v in views}
+    if sum(scenes.values()) <= 2 * sum(v.nbytes for v in views):
+        return chips
+    return [{k: v.copy() if isinstance(v, np.ndarray) and v.base is not None else v for k, v in chip.items()}
+            for chip in chips]
+
+
+def _count_task(batch: Batch) -> list[tuple[int, dict[str, Any]]]:
+    """What the client needs of a batch: each scene's number of chips and its counters."""
+    return [(len(chips), counters) for chips, counters in batch]
+
+
+def _pick_task(batch: Batch, picks: Sequence[tuple[int, int, int, int]]) -> list[list[Chip]]:
+    """The chips ``first .. end - 1`` of each scene ``(offset in the batch, position, first, end)``
+    of ``picks``: a shard task's part of one batch, cut where the batch is, so that only the chips
+    a shard needs travel to the worker writing it."""
+    runs = []
+    for offset, pos, first, end in picks:
+        chips = batch[offset][0]
+        if len(chips) < end:  # only where a lost batch was recomputed from an input that changed
+            raise ValueError(f"sample {pos}: gave {len(chips)} chips now and at least {end} before; "
+                             "the input changed (or failed to load) during the run")
+        runs.append(chips[first:end])
+    return runs
+
+
+def _shard_task(out: str, number: int, cfg: ShardConfig, spans: Sequence[tuple[int, int, int]],
+                *parts: list[list[Chip]]) -> dict[str, Any]:
+    """Write shard ``number``: the chips of ``spans`` (``(scene position, first, end)``, in order),
+    found in the ``parts`` picked from the batches (one run of chips per span); its manifest entry."""
+    runs = [run for part in parts for run in part]
 
     def placed() -> Iterator[Placed]:
-        for pos, first, end in spans:
-            chips = _scene_at(samples, pos, cfg, _fresh_counters(), skip_bad)
-            if len(chips) < end:
-                raise ValueError(f"sample {pos}: gave {len(chips)} chips now and at least {end} when the "
-                                 "run was planned; the input changed (or failed to load) during the run")
-            for j in range(first, end):
-                yield chips[j], pos, j, {}
+        for (pos, first, _), chips in zip(spans, runs, strict=True):
+            for j, chip in enumerate(chips, first):
+                yield chip, pos, j, {}
 
     entry, _ = _write_shard(Path(out) / f"shard-{number:06d}.tar", number, placed(), cfg)
     return entry
@@ -105,49 +156,40 @@ def _merge_counters(total: dict[str, Any], part: Mapping[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def _spans(chips: Sequence[int], per_shard: int) -> list[list[Span]]:
-    """The scene spans of every shard: global chip ``i`` goes to shard ``i // per_shard``."""
-    shards: list[list[Span]] = [[] for _ in range(math.ceil(sum(chips) / per_shard))]
-    start = 0
-    for pos, n in enumerate(chips):
-        j = 0
+class _Numbering:
+    """Global chip numbers of scenes taken in order: chip ``i`` goes to shard ``i // per_shard``.
+
+    Args:
+        per_shard: chips per shard.
+        shard: the number of the next shard (a rerun starts after its complete shards).
+        resume: ``(scene, chip)``: chips ``0 .. chip`` of that scene are already in a shard.
+    """
+
+    def __init__(self, per_shard: int, shard: int = 0, resume: tuple[int, int] = (0, -1)) -> None:
+        self.per_shard, self.shard, self.resume = per_shard, shard, resume
+        self.pieces: list[Piece] = []
+        self.count = 0
+
+    def add(self, batch: Any, offset: int, pos: int, n: int) -> list[tuple[int, list[Piece]]]:
+        """Append the ``n`` chips of scene ``pos``; the shards they complete, as ``(number, pieces)``."""
+        j = self.resume[1] + 1 if pos == self.resume[0] else 0
+        full = []
         while j < n:
-            k, room = divmod(start + j, per_shard)
-            take = min(n - j, per_shard - room)
-            shards[k].append((pos, j, j + take))
-            j += take
-        start += n
-    return shards
+            take = min(n - j, self.per_shard - self.count)
+            self.pieces.append((batch, offset, pos, j, j + take))
+            self.count, j = self.count + take, j + take
+            if self.count == self.per_shard:
+                full.append(self._close())
+        return full
 
+    def flush(self) -> list[tuple[int, list[Piece]]]:
+        """The last shard, if it holds any chip (after the last scene)."""
+        return [self._close()] if self.pieces else []
 
-def _plan(client: Any, source: Source, token: str, out: Path, cfg: ShardConfig, num_input: int,
-          skip_bad: bool, progress: bool) -> dict[str, Any]:
-    """The chips of every scene and the summed counters: read from ``out``'s plan or computed."""
-    if (out / PLAN).exists():
-        return json.loads((out / PLAN).read_text())
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    per_task = max(1, min(64, math.ceil(num_input / (4 * workers))))
-    tasks = [(source, token, list(range(s, min(s + per_task, num_input))), cfg, skip_bad)
-             for s in range(0, num_input, per_task)]
-    bar, found = TaskBar(num_input, "scene", "planning chips", progress), [0]
-
-    def done(_: int, result: list[tuple[int, dict[str, Any]]]) -> None:
-        found[0] += sum(n for n, _ in result)
-        bar.update(len(result), chips=found[0])
-
-    try:
-        parts = gather_in_order(client, _plan_task, tasks, done, key="s12mae-plan")
-    finally:
-        bar.close()
-    counters = _fresh_counters()
-    chips = []
-    for part in parts:
-        for n, scene_counters in part:
-            chips.append(n)
-            _merge_counters(counters, scene_counters)
-    plan = {"config": cfg.to_dict(), "input_samples": num_input, "chips": chips, "counters": counters}
-    atomic_write(out / PLAN, json_bytes(plan))
-    return plan
+    def _close(self) -> tuple[int, list[Piece]]:
+        shard = (self.shard, self.pieces)
+        self.shard, self.pieces, self.count = self.shard + 1, [], 0
+        return shard
 
 
 def _entry(path: Path, samples: int) -> dict[str, Any]:
@@ -156,11 +198,156 @@ def _entry(path: Path, samples: int) -> dict[str, Any]:
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+class _Run:
+    """One distributed write, driven by the client: reads a bounded window ahead, each shard as
+    soon as its chips are known, the progress record as shards finish (see the module docstring).
+
+    Args:
+        state: the progress record to start from (:func:`~s12mae.shards.write._resume_state`).
+        kept: numbers of complete shards in the folder beyond ``state``'s, kept as they are.
+        Others: as for :func:`write_shards_distributed`.
+    """
+
+    def __init__(self, client: Any, source: Source, token: str, out: Path, cfg: ShardConfig, num_input: int,
+                 skip_bad: bool, progress: bool, state: dict[str, Any], kept: set[int]) -> None:
+        self.client, self.source, self.token, self.out, self.cfg = client, source, token, out, cfg
+        self.num_input, self.skip_bad, self.state, self.kept = num_input, skip_bad, state, kept
+        self.counters = plain(state["counters"])  # summed in scene order, like the one-process writer's
+        self.numbering = _Numbering(cfg.chips_per_shard, len(state["shards"]), (state["scene"], state["after_chip"]))
+        self.entries: dict[int, dict[str, Any]] = dict(enumerate(state["shards"]))
+        self.ends: dict[int, tuple[int, int, Any]] = {}  # shard -> (scene, last chip, counters before the scene)
+        self.workers = workers = max(1, len(client.scheduler_info().get("workers", {})))
+        self.scenes_taken = self.chips_taken = 0  # size the read tasks
+        self.max_reading, self.max_writing = workers + 1, 2 * workers  # the memory bound (ours)
+        self.next_read = self.next_count = state["scene"]
+        self.reading: dict[int, tuple[Any, Any, int]] = {}  # first scene -> (batch, counts future, end)
+        self.counted: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # arrived before their turn
+        self.keys: dict[str, tuple[str, int]] = {}  # future key -> ("counts", first scene) or ("shard", number)
+        self.writing: dict[int, Any] = {}  # shard -> its future
+        self.run_id = uuid.uuid4().hex[:8]  # task keys unique per run: two runs on one client never collide
+        self.bar = TaskBar(num_input - state["scene"], "scene", "writing shards", progress)
+        self.written, self.t0 = 0, time.perf_counter()
+        self.saved_at = self.t0
+
+    def run(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Write the shards; their manifest entries in order and the summed scene counters."""
+        from distributed import as_completed
+
+        self.done = as_completed()
+        try:
+            self._flush_if_all_read()  # an input of no scenes
+            self._submit_reads()
+            for fut in self.done:
+                kind, key = self.keys.pop(fut.key)
+                if kind == "counts":
+                    self._take_counts(key, fut.result())  # raises a failed read's error
+                else:
+                    self.writing.pop(key)
+                    self._shard_done(key, fut.result())
+                self._submit_reads()
+        except BaseException:
+            self.client.cancel([f for b, c, _ in self.reading.values() for f in (b, c)]
+                               + list(self.writing.values()) + [p[0] for p in self.numbering.pieces])
+            raise
+        finally:
+            self.bar.close()
+        return [self.entries[k] for k in range(len(self.entries))], self.counters
+
+    def _submit_reads(self) -> None:
+        """Submit batches of scenes while the window has room."""
+        while (self.next_read < self.num_input and len(self.reading) < self.max_reading
+               and len(self.writing) < self.max_writing):
+            first, end = self.next_read, min(self.next_read + self._scenes_per_task(), self.num_input)
+            batch = self.client.submit(_read_task, self.source, self.token, first, end, self.cfg, self.skip_bad,
+                                       key=f"s12mae-read-{self.run_id}-{first}", pure=False)
+            counts = self.client.submit(_count_task, batch, key=f"s12mae-count-{self.run_id}-{first}", pure=False)
+            self.reading[first] = (batch, counts, end)
+            self.keys[counts.key] = ("counts", first)
+            self.done.add(counts)
+            self.next_read = end
+
+    def _scenes_per_task(self) -> int:
+        """About two shards of chips per read task (ours: most shards are then written where their
+        chips are; a few shards of chips in memory per worker), at most MAX_SCENES_PER_TASK scenes,
+        and 4 tasks per worker at least while the chips per scene are not known yet."""
+        left = self.num_input - self.next_read
+        if not self.scenes_taken:
+            return max(1, min(8, math.ceil(left / (4 * self.workers))))
+        per_scene = max(self.chips_taken / self.scenes_taken, 1 / MAX_SCENES_PER_TASK)
+        return max(1, min(MAX_SCENES_PER_TASK, round(2 * self.cfg.chips_per_shard / per_scene),
+                          math.ceil(left / self.workers)))
+
+    def _take_counts(self, first: int, counts: list[tuple[int, dict[str, Any]]]) -> None:
+        """Number the chips of the batches counted so far, in scene order; write the shards they fill."""
+        self.counted[first] = counts
+        while self.next_count in self.counted:
+            first = self.next_count
+            batch, _, end = self.reading.pop(first)
+            for offset, (n, scene_counters) in enumerate(self.counted.pop(first)):
+                for shard, pieces in self.numbering.add(batch, offset, first + offset, n):
+                    self._write(shard, pieces, plain(self.counters))
+                _merge_counters(self.counters, scene_counters)
+                self.scenes_taken, self.chips_taken = self.scenes_taken + 1, self.chips_taken + n
+            self.next_count = end
+            self.bar.update(end - first, **self._rate())
+        self._flush_if_all_read()
+
+    def _flush_if_all_read(self) -> None:
+        if self.next_count == self.num_input:
+            for shard, pieces in self.numbering.flush():
+                self._write(shard, pieces, None)  # the last shard: the manifest, not the record, follows it
+
+    def _write(self, shard: int, pieces: list[Piece], before: dict[str, Any] | None) -> None:
+        """Submit the task that writes ``shard`` (or take the complete one already in the folder)."""
+        _, _, pos, _, end = pieces[-1]
+        self.ends[shard] = (pos, end - 1, before)
+        if shard in self.kept:
+            self._shard_done(shard, _entry(self.out / f"shard-{shard:06d}.tar", sum(p[4] - p[3] for p in pieces)))
+            return
+        groups: dict[str, list[Piece]] = {}  # pieces by batch, in scene order
+        for piece in pieces:
+            groups.setdefault(piece[0].key, []).append(piece)
+        parts = [self.client.submit(_pick_task, group[0][0], [p[1:] for p in group], pure=False, priority=1,
+                                    key=f"s12mae-pick-{self.run_id}-{shard}-{i}")
+                 for i, group in enumerate(groups.values())]
+        fut = self.client.submit(_shard_task, str(self.out), shard, self.cfg, [p[2:] for p in pieces], *parts,
+                                 key=f"s12mae-shard-{self.run_id}-{shard}", pure=False, priority=1)
+        self.writing[shard] = fut
+        self.keys[fut.key] = ("shard", shard)
+        self.done.add(fut)
+
+    def _shard_done(self, shard: int, entry: dict[str, Any]) -> None:
+        self.entries[shard] = entry
+        self.written += entry["samples"]
+        self.bar.update(0, **self._rate())
+        self._save_progress()
+
+    def _rate(self) -> dict[str, Any]:
+        return {"chips": self.written, "chips/s": f"{self.written / max(time.perf_counter() - self.t0, 1e-9):.0f}"}
+
+    def _save_progress(self) -> None:
+        """Record the complete shards without a gap from shard 0 (at most every PROGRESS_EVERY_S)."""
+        if time.perf_counter() - self.saved_at < PROGRESS_EVERY_S:
+            return
+        count = len(self.state["shards"])
+        while count in self.entries and self.ends[count][2] is not None:
+            count += 1
+        if count == len(self.state["shards"]):
+            return
+        scene, chip, before = self.ends[count - 1]
+        for k in range(len(self.state["shards"]), count):
+            del self.ends[k]  # the record holds them now (each holds a copy of the counters)
+        self.state.update(shards=[self.entries[k] for k in range(count)], scene=scene, after_chip=chip,
+                          counters=before)
+        atomic_write(self.out / PROGRESS, json_bytes(self.state))
+        self.saved_at = time.perf_counter()
+
+
 def write_shards_distributed(source: Source, out: str | Path, cfg: ShardConfig, client: Any, *,
                              skip_bad: bool = False, overwrite: bool = False, progress: bool = True,
                              num_input: int | None = None, token: str | None = None) -> dict[str, Any]:
     """:func:`~s12mae.shards.write.write_shards` on the Dask cluster of ``client``: the same shard set,
-    byte for byte, planned and written by the workers (see the module docstring).
+    byte for byte, each scene read and cut once by a worker (see the module docstring).
 
     Args:
         source: the samples (a sequence; sent once to every worker) or a picklable opener
@@ -169,7 +356,7 @@ def write_shards_distributed(source: Source, out: str | Path, cfg: ShardConfig, 
         out: folder of this shard set (local or shared by the workers, e.g. a network file system).
         cfg, skip_bad, overwrite: as for ``write_shards``.
         client: a ``distributed.Client``.
-        progress: show the live progress bars (scenes, then chips, with rate and ETA).
+        progress: show the live progress bar (scenes read, with rate and ETA; chips written, chips/s).
         num_input: the number of samples (default: ``len`` of the samples on the client).
         token: names the opened samples in the workers' cache (default: Dask's hash of ``source``).
 
@@ -190,44 +377,22 @@ def write_shards_distributed(source: Source, out: str | Path, cfg: ShardConfig, 
     remove_stale_temps(out, prefix=".shard")  # a killed run's temporaries; no writer is active now
     if not trusted:
         _remove_leftovers(out, 0)
+    state = _resume_state(out, cfg, num_input)
+    atomic_write(out / PROGRESS, json_bytes(state))  # marks the folder as this run's: a rerun keeps its shards
+    kept = {int(m.group(1)) for p in out.iterdir() if (m := SHARD_RE.match(p.name))} - set(range(len(state["shards"])))
     if not callable(source):
         source = client.scatter(source, broadcast=True)
-    plan = _plan(client, source, token, out, cfg, num_input, skip_bad, progress)
-    spans = _spans(plan["chips"], cfg.chips_per_shard)
-    if not spans:
-        (out / PLAN).unlink(missing_ok=True)
-        raise ValueError(f"{out}: no chip was written from {num_input} sample(s): {plan['counters']}")
-    done = {int(m.group(1)) for p in out.iterdir() if (m := SHARD_RE.match(p.name)) and int(m.group(1)) < len(spans)}
-    todo = [k for k in range(len(spans)) if k not in done]
-    entries = {k: _entry(out / f"shard-{k:06d}.tar", sum(e - f for _, f, e in spans[k])) for k in sorted(done)}
-    entries.update(_write_missing(client, source, token, out, cfg, spans, todo, skip_bad, progress))
-    _remove_leftovers(out, len(spans))
-    manifest = new_manifest(cfg, num_input, [entries[k] for k in range(len(spans))], plan["counters"])
+    entries, counters = _Run(client, source, token, out, cfg, num_input, skip_bad, progress, state, kept).run()
+    if not entries:
+        for name in (PROGRESS, PLAN):
+            (out / name).unlink(missing_ok=True)
+        raise ValueError(f"{out}: no chip was written from {num_input} sample(s): {counters}")
+    _remove_leftovers(out, len(entries))
+    manifest = new_manifest(cfg, num_input, entries, counters)
     atomic_write(out / MANIFEST, manifest_bytes(manifest))
     for name in (PLAN, PROGRESS):
         (out / name).unlink(missing_ok=True)
     return manifest
-
-
-def _write_missing(client: Any, source: Source, token: str, out: Path, cfg: ShardConfig,
-                   spans: list[list[Span]], todo: list[int], skip_bad: bool,
-                   progress: bool) -> dict[int, dict[str, Any]]:
-    """Write shards ``todo`` on the workers, with a live bar of chips (rate, ETA) and scenes done."""
-    scenes = {pos for k in todo for pos, _, _ in spans[k]}
-    total = sum(e - f for k in todo for _, f, e in spans[k])
-    bar, seen = TaskBar(total, "chip", "writing shards", progress), set()
-
-    def done(i: int, entry: dict[str, Any]) -> None:
-        seen.update(pos for pos, _, _ in spans[todo[i]])
-        bar.update(entry["samples"], scenes=f"{len(seen)}/{len(scenes)}")
-
-    tasks = [(source, token, str(out), k, spans[k], cfg, skip_bad) for k in todo]
-    try:
-        results = gather_in_order(client, _shard_task, tasks, done, key="s12mae-shard")
-    finally:
-        bar.close()
-    return dict(zip(todo, results))
-
 
 
 def write_shard_set_dask(data: str | Path, out: str | Path, cfg: ShardConfig, cluster: str,
