@@ -50,8 +50,8 @@ __all__ = ["layout_opener", "write_shard_set", "write_shards"]
 log = logging.getLogger(__name__)
 
 PLAN = "shards.plan.json"
-"""Chips per scene and the scene counters of a distributed run (:mod:`s12mae.shards.parallel`),
-kept until the manifest is written so that a rerun writes only the missing shards."""
+"""Written by the Dask writer of earlier versions (chips per scene); still honoured as proof that a
+folder's shards belong to this config and input. Today both writers keep ``shards.progress.json``."""
 
 Chip = dict[str, Any]
 Placed = tuple[Chip, int, int, dict[str, Any]]
