@@ -425,6 +425,10 @@ def train_split(layout: str) -> str | None:
     return None if cls is None else cls.train_split
 
 
+_URL_LAYOUTS = {"generic", *_PAIR_LAYOUTS}
+"""Layouts whose ``data`` may be a URL: an index file or a pairs folder read through fsspec."""
+
+
 def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
                 skip_bad: bool = False, split: str | Sequence[str] | None = None,
                 chip_size: int | None = None) -> Sequence[dict[str, Any]]:
@@ -465,6 +469,11 @@ def open_layout(layout: str, data: str | Path, sensors: list[str] | None = None,
                          f"splits: {with_splits}")
     if layout in _PAIR_LAYOUTS:  # a pairs folder may be a URL (object storage)
         return PairFolder(data, s2_all=_PAIR_LAYOUTS[layout], sensors=keys, skip_bad=skip_bad, chip_size=chip_size)
+    if is_url(data) and layout not in _URL_LAYOUTS:
+        raise ValueError(f"{storage.redact(str(data))}: layout {layout!r} reads a local folder; copy it to a local disk, "
+                         f"or list its files (URLs work) in a 'generic' index. Layouts read at a URL: "
+                         f"{sorted(_URL_LAYOUTS)}")
+    where = str(data) if is_url(data) else Path(data)  # Path would fold '//'
     if split is None:
-        return LAYOUTS[layout](Path(data), keys, skip_bad)
-    return _READERS[layout](Path(data), keys, skip_bad=skip_bad, split=split)  # type: ignore[call-arg]
+        return LAYOUTS[layout](where, keys, skip_bad)  # type: ignore[arg-type]
+    return _READERS[layout](where, keys, skip_bad=skip_bad, split=split)  # type: ignore[call-arg]

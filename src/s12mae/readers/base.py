@@ -101,7 +101,7 @@ class SensorLayer:
         """All channels in one file, in spec order (band descriptions, when they are band names,
         are checked and used to reorder)."""
         names = get_sensor(sensor).band_names
-        return cls(sensor, [BandRef(Path(path), i + 1, n) for i, n in enumerate(names)], time, metadata or {})
+        return cls(sensor, [BandRef(_location(path), i + 1, n) for i, n in enumerate(names)], time, metadata or {})
 
     @classmethod
     def per_band(

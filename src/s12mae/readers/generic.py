@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
+import posixpath
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from s12mae.paths import is_url, resolve
-from s12mae.readers.base import FolderReader, Item, SensorLayer
+from s12mae.readers.base import FolderReader, Item, S2Offset, SensorLayer
 from s12mae.sensors import sensors_of_family
 from s12mae.times import parse_time
 
@@ -22,7 +25,9 @@ class GenericReader(FolderReader):
     ``sensors.yaml``, ``s2_l1c``), ``s1_sensor`` (default ``s1_grd``), ``s2_time``, ``s1_time``
     (any form :func:`s12mae.times.parse_time` reads; the S2 time drives the baseline-04.00 rule
     where the file's tags say nothing). Relative paths are relative to the index file's folder
-    (:mod:`s12mae.paths`). The S2 grid (at 10 m where projected) is the sample grid; S1 is warped
+    (:mod:`s12mae.paths`). The index and the stacks may be on object storage or a web server
+    (``s3://``, ``gs://``, ``https://``; stacks read as COGs by byte ranges, see
+    :mod:`s12mae.storage`); a relative path in an index at a URL is relative to its folder there. The S2 grid (at 10 m where projected) is the sample grid; S1 is warped
     onto it. A row naming a file that does not exist is a ValueError naming the index file, the
     row and the path (or a skip under ``skip_bad``).
 
@@ -37,34 +42,47 @@ class GenericReader(FolderReader):
         f"{family}_sensor": sensors_of_family(family)[0] for family in ("s2", "s1")
     }
 
+    def __init__(self, root: str | Path, sensors: Sequence[str] | None = None, *, skip_bad: bool = False,
+                 s2_offset: S2Offset = None) -> None:
+        self.url = str(root) if is_url(root) else None  # an index on object storage (Path would fold '//')
+        super().__init__(root, sensors, skip_bad=skip_bad, s2_offset=s2_offset)
+
     @property
-    def index(self) -> Path:
-        """The index file (absolute)."""
-        return self.root
+    def index(self) -> Path | str:
+        """The index file (absolute), or its URL."""
+        return self.url or self.root
+
+    @property
+    def _name(self) -> str:
+        """The index as error messages name it (a URL without signatures or user info)."""
+        from s12mae import storage
+
+        return storage.redact(str(self.index))
 
     def _rows(self) -> list[dict[str, Any]]:
-        if not self.index.is_file():
-            raise ValueError(f"{self.index}: index file not found")
-        try:
-            if self.index.suffix == ".parquet":
-                import pyarrow.parquet as pq
+        from s12mae import storage
 
-                rows = pq.read_table(self.index).to_pylist()
-            else:
-                with self.index.open(newline="") as f:
-                    rows = list(csv.DictReader(f))
-        except (OSError, ValueError, csv.Error) as err:
-            raise ValueError(f"{self.index}: cannot read the index ({err})") from None
+        where = self._name
+        if not storage.exists(self.index):
+            raise ValueError(f"{where}: index file not found")
+        try:
+            with storage.open_input(self.index) as f:
+                if str(self.index).endswith(".parquet"):
+                    import pyarrow.parquet as pq
+
+                    rows = pq.read_table(f).to_pylist()
+                else:
+                    rows = list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline="")))
+        except (OSError, ValueError, UnicodeDecodeError, csv.Error) as err:
+            raise ValueError(f"{where}: cannot read the index ({err})") from None
         if rows and not {"id", "s2_path"} <= set(rows[0]):
-            raise ValueError(f"{self.index}: needs columns 'id' and 's2_path'; it has {sorted(rows[0])}")
+            raise ValueError(f"{self._name}: needs columns 'id' and 's2_path'; it has {sorted(rows[0])}")
         return rows
 
     def _layer(self, row: dict[str, Any], prefix: str, where: str) -> SensorLayer:
-        value = row[f"{prefix}_path"]
-        if is_url(value):
-            raise ValueError(f"{where}: {prefix}_path {value} is a URL; this reader reads local files")
-        path = Path(resolve(value, self.index.parent))
-        if not path.is_file():
+        folder = posixpath.dirname(self.url) if self.url else self.root.parent
+        path = resolve(row[f"{prefix}_path"], folder)
+        if not is_url(path) and not Path(path).is_file():  # a missing URL is named when it is read
             raise ValueError(f"{where}: {prefix}_path {path} does not exist")
         sensor = row.get(f"{prefix}_sensor", self.defaults[f"{prefix}_sensor"])
         return SensorLayer.stack(sensor, path, parse_time(row.get(f"{prefix}_time")))
@@ -74,7 +92,7 @@ class GenericReader(FolderReader):
         for row_number, row in enumerate(self._rows()):
             row = {k: v for k, v in row.items() if v not in (None, "")}
             sample_id = f"{self.source}/{row.get('id', row_number)}"
-            where = f"{self.index}: row {row_number} (id {row.get('id')})"
+            where = f"{self._name}: row {row_number} (id {row.get('id')})"
             try:
                 prefixes = [p for p in ("s2", "s1") if f"{p}_path" in row]
                 layers = [self._layer(row, prefix, where) for prefix in prefixes]
@@ -86,6 +104,6 @@ class GenericReader(FolderReader):
                     sample_id,
                     err
                     if isinstance(err, ValueError)
-                    else ValueError(f"{self.index}: row {row_number}: {err}"),
+                    else ValueError(f"{self._name}: row {row_number}: {err}"),
                 )
         return items
