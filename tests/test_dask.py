@@ -250,3 +250,13 @@ class DiesOnce(list):
             Path(self.marker).touch()
             os._exit(1)
         return super().__getitem__(i)
+
+
+def test_a_worker_whose_listing_differs_from_the_clients_refuses_to_read():
+    """Positions index the client's listing: a worker that lists another number of samples (a row
+    skipped there only) would cut other scenes into the same shard numbers."""
+    data = scenes(4)
+    batch = parallel._read_task(data, "same", 0, 2, GRID_CFG, False, 4)
+    assert len(batch) == 2
+    with pytest.raises(ValueError, match=r"lists 4 sample\(s\) on this worker and 5 on the client"):
+        parallel._read_task(data, "differs", 0, 2, GRID_CFG, False, 5)

@@ -65,6 +65,31 @@ def test_a_run_on_s3_uploads_each_checkpoint_with_latest_last_and_resumes_elsewh
     assert storage.read_bytes(url + "/latest").decode().strip() == "checkpoint-00000012"
     assert storage.read_bytes(url + "/encoder.safetensors") == (done.run_dir / "encoder.safetensors").read_bytes()
 
+    # the first machine comes back: its folder still says checkpoint 6, the URL says 12
+    more = pretrain(tiny_config(url, steps=14, checkpoint_every=3, local_dir=str(tmp_path / "a")), resume=True)
+    assert [r["step"] for r in more.history] == list(range(14))
+    assert storage.read_bytes(url + "/latest").decode().strip() == "checkpoint-00000014"
+
+
+def test_a_failed_upload_at_a_checkpoint_is_retried_at_the_next(s3, tmp_path, monkeypatch):
+    from s12mae.storage import StorageError
+
+    real, calls = RunMirror._push, []
+
+    def flaky(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StorageError("s3://bucket/run/latest: throttled (SlowDown), gave up after 5 tries")
+        return real(self)
+
+    monkeypatch.setattr(RunMirror, "_push", flaky)
+    url = s3.url("runs/flaky")
+    with pytest.warns(RuntimeWarning, match="upload failed, retried at the next checkpoint"):
+        pretrain(tiny_config(url, steps=6, checkpoint_every=3, local_dir=str(tmp_path / "w")))
+    assert len(calls) == 3  # checkpoint 3 (failed), checkpoint 6, the end of the run
+    assert storage.read_bytes(url + "/latest").decode().strip() == "checkpoint-00000006"
+    assert "checkpoint-00000003/state.pt" in _names(s3, "runs/flaky/")  # uploaded by the retry
+
 
 def test_the_cli_prints_the_url_and_a_push_uploads_only_what_changed(s3, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("S12MAE_CACHE", str(tmp_path / "cache"))

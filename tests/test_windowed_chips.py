@@ -263,3 +263,27 @@ def test_an_unreadable_scene_grid_names_the_item_and_skip_bad_leaves_it_out(arch
     folder = PairFolder(tmp_path / "pairs", sensors=SENSORS, chip_size=CHIP, skip_bad=True)
     assert len(folder) == (SIZE // CHIP) ** 2 and [s for s, _ in folder.skipped] == ["S2A_old"]
     assert {folder[i]["meta"]["pair"]["s2_id"] for i in range(len(folder))} == {"S2A_new"}
+
+
+def test_a_file_in_another_crs_that_touches_only_the_chips_box_does_not_reach_it():
+    """A chip's box in another CRS is rotated, so larger than the chip: a file in one corner of it
+    misses the chip; its window is None (the chip's pixels stay nodata), not one the warp refuses."""
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.enums import Resampling
+    from rasterio.warp import transform_bounds
+
+    from s12mae.readers.grid import Grid
+    from s12mae.readers.warp import warp
+    from s12mae.readers.windows import covering_window, window_grid
+
+    chip = Grid(CRS.from_epsg(32631), Affine(10, 0, 700000, 0, -10, 5002560), 256, 256)
+    left, bottom, right, top = transform_bounds(chip.crs, CRS.from_epsg(32632), *chip.bounds, densify_pts=21)
+    for x0, y0 in ((left, top), (right - 40, top), (left, bottom + 40), (right - 40, bottom + 40)):
+        corner = Grid(CRS.from_epsg(32632), Affine(10, 0, x0, 0, -10, y0), 4, 4)
+        assert covering_window(corner, chip) is None
+        with pytest.raises(ValueError, match="does not overlap"):  # what a window there would have met
+            warp(np.zeros((4, 4), np.float32), corner, chip, Resampling.bilinear, "corner.tif")
+    middle = Grid(CRS.from_epsg(32632), Affine(10, 0, (left + right) / 2, 0, -10, (top + bottom) / 2), 64, 64)
+    win = covering_window(middle, chip)
+    assert win is not None and window_grid(middle, win).width > 0

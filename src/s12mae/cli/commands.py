@@ -19,6 +19,7 @@ from s12mae.pairing import DEFAULT_MAX_DAYS, DEFAULT_MIN_OVERLAP, DEFAULT_NEARES
 from s12mae.paths import is_url
 from s12mae.shards import ShardConfig
 from s12mae.simulate import SimulationConfig
+from s12mae.storage import redact
 
 __all__ = [
     "DemoCommand",
@@ -56,7 +57,8 @@ def pretrain(cfg: PretrainRun) -> None:
 
     result = run(cfg.run_config(), resume=cfg.resume)
     out = cfg.train.out_dir
-    print(f"run folder: {out} (working copy: {result.run_dir})" if is_url(out) else f"run folder: {result.run_dir}")
+    print(f"run folder: {redact(out)} (working copy: {result.run_dir})" if is_url(out)
+          else f"run folder: {result.run_dir}")
 
 
 def evaluate(cfg: EvalConfig) -> None:

@@ -72,7 +72,19 @@ def covering_window(src: Grid, region: Grid) -> Window | None:
     right, bottom = min(right, src.width), min(bottom, src.height)
     if right <= left or bottom <= top:
         return None
-    return Window(left, top, right - left, bottom - top)
+    win = Window(left, top, right - left, bottom - top)
+    return win if _reaches(window_grid(src, win), region) else None
+
+
+def _reaches(part: Grid, region: Grid) -> bool:
+    """Whether ``part`` overlaps ``region`` seen from the region's CRS: the box of the region in
+    another CRS is larger than the region (rotated), so a window can touch that box and still miss
+    the region, which the warp onto it would refuse; such a file simply does not reach the chip."""
+    if part.crs is None or region.crs is None or part.crs == region.crs:
+        return True
+    left, bottom, right, top = transform_bounds(part.crs, region.crs, *part.bounds, densify_pts=21)
+    r_left, r_bottom, r_right, r_top = region.bounds
+    return left < r_right and right > r_left and bottom < r_top and top > r_bottom
 
 
 def _exact(win: Window, src: Grid, region: Grid) -> bool:

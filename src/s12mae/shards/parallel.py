@@ -88,9 +88,19 @@ PROGRESS_EVERY_S = 2.0
 of its record (those shards are kept anyway, only their scenes are read again)."""
 
 
-def _read_task(source: Source, token: str, first: int, end: int, cfg: ShardConfig, skip_bad: bool) -> Batch:
-    """The chips and counters of scenes ``first .. end - 1``; they stay on the worker."""
+def _read_task(source: Source, token: str, first: int, end: int, cfg: ShardConfig, skip_bad: bool,
+               num_input: int) -> Batch:
+    """The chips and counters of scenes ``first .. end - 1``; they stay on the worker.
+
+    Raises:
+        ValueError: the input lists another number of samples on this worker than on the client:
+            positions would name other scenes here and the shard set would silently differ.
+    """
     samples = worker_cached(source, token)
+    if len(samples) != num_input:
+        raise ValueError(f"the input lists {len(samples)} sample(s) on this worker and {num_input} on the client "
+                         "(it changed while the run started, or a row was skipped on one machine only, e.g. a "
+                         "transient read error under skip_bad); nothing is written from it, run again")
     batch = []
     for pos in range(first, end):
         counters = _fresh_counters()
@@ -259,7 +269,7 @@ class _Run:
                and len(self.writing) < self.max_writing):
             first, end = self.next_read, min(self.next_read + self._scenes_per_task(), self.num_input)
             batch = self.client.submit(_read_task, self.source, self.token, first, end, self.cfg, self.skip_bad,
-                                       key=f"s12mae-read-{self.run_id}-{first}", pure=False)
+                                       self.num_input, key=f"s12mae-read-{self.run_id}-{first}", pure=False)
             counts = self.client.submit(_count_task, batch, key=f"s12mae-count-{self.run_id}-{first}", pure=False)
             self.reading[first] = (batch, counts, end)
             self.keys[counts.key] = ("counts", first)

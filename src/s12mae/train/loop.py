@@ -379,7 +379,7 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
               callbacks: Sequence[Callback], mirror: RunMirror | None = None) -> RunResult:
     """The run in its locked folder; ``asked`` is the config as given (saved, compared on resume);
     ``mirror``: the URL the folder is uploaded to after each checkpoint and at the end (rank 0)."""
-    push = mirror.push if mirror is not None and d.rank == 0 else lambda: None
+    push = mirror.push if mirror is not None and d.rank == 0 else lambda strict=True: None
     torch.manual_seed(asked.train.seed)  # identical initial weights on every rank
     method = build_method(asked).to(d.device)  # statistics do not enter the weights
     sensors = sorted({s for task in method.tasks for s in method.task_sensors(task)})
@@ -521,7 +521,7 @@ def _pretrain(asked: PretrainConfig, d: _Dist, errors: RankErrors, run_dir: Path
                     save_sharded_checkpoint(run_dir, done, method, optimizer, loop_state)
                 elif d.rank == 0:
                     save_checkpoint(run_dir, done, method, {**loop_state, "optimizer": optimizer.state_dict()})
-                    push()  # a URL's copy follows every checkpoint (``latest`` uploaded last)
+                    push(strict=False)  # a URL's copy follows every checkpoint; a failure retries at the next
             errors.raise_if_any()
     bar.close()
     sinks.close()

@@ -7,17 +7,23 @@ that folder to the URL (rank 0 only):
 
 * :meth:`RunMirror.pull`, before the run: a URL that already holds a run (a ``latest`` file) is
   refused unless the run is resumed; a resume downloads the run's top-level files (config,
-  metrics, statistics) and the checkpoint folder ``latest`` names, skipping files already there
-  with the same size.
+  metrics, statistics), the checkpoint folder ``latest`` names and ``latest`` itself (always:
+  another machine may have moved the run on since this folder last saw it), and removes the
+  local checkpoints the URL does not name. A folder of our cache that holds a run the URL does
+  not is cleared first; a ``train.local_dir`` holding one is refused.
 * :meth:`RunMirror.push`, after every checkpoint and at the end of the run: the files new or
   changed since the last push are uploaded, each atomically, with ``latest`` last, so a reader
   (or a resume on another machine) that follows ``latest`` never finds a checkpoint half
-  uploaded; checkpoint folders pruned locally are then deleted from the URL.
+  uploaded; checkpoint folders pruned locally are then deleted from the URL. A push that fails
+  at a checkpoint is a warning and is retried at the next one (nothing is recorded as uploaded);
+  the push at the end of the run must succeed.
 
 What happens between two pushes is lost with the machine: a resume starts from the last pushed
-checkpoint, as it would locally. Credentials come from the usual environment variables and
-profiles (:mod:`s12mae.storage`) and are never printed. Sharded (FSDP) checkpoints are written by
-every rank and are not mirrored: such runs need an ``out_dir`` every rank can write.
+checkpoint, as it would locally. Only rank 0 pulls and pushes: with several nodes,
+``train.local_dir`` must be a folder every node sees (as a local ``out_dir`` must be). Credentials
+come from the usual environment variables and profiles (:mod:`s12mae.storage`) and are never
+printed. Sharded (FSDP) checkpoints are written by every rank and are not mirrored: such runs
+need an ``out_dir`` every rank can write.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import os
 import posixpath
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 from s12mae import storage
@@ -81,14 +88,12 @@ class RunMirror:
         """
         remote_latest = self._remote("latest")
         at_url = storage.exists(remote_latest)
-        if not resume:
-            if at_url:
-                raise ValueError(f"{storage.redact(self.url)}: already holds a run with checkpoints; pass "
-                                 "--resume to continue it or choose another train.out_dir")
+        if at_url and not resume:
+            raise ValueError(f"{storage.redact(self.url)}: already holds a run with checkpoints; pass "
+                             "--resume to continue it or choose another train.out_dir")
+        if not at_url:  # a fresh run; or a resume that then finds no checkpoint and says so
             self._clear_stale()
             return
-        if not at_url:
-            return  # nothing pushed yet: the resume finds no checkpoint and says so
         name = storage.read_bytes(remote_latest).decode().strip()
         if not _CHECKPOINT.fullmatch(name):
             raise ValueError(f"{storage.redact(remote_latest)}: names {name!r}, not a checkpoint folder")
@@ -112,8 +117,7 @@ class RunMirror:
         return [self._remote(folder + "/" + posixpath.relpath(p, root)) for p in found]
 
     def _download(self, url: str, dst: Path) -> None:
-        if dst.is_file() and dst.stat().st_size == storage.size(url):
-            return
+        """Always: a same-sized local file may be another run's or an older state's."""
         dst.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(dst, storage.read_bytes(url))
 
@@ -132,9 +136,24 @@ class RunMirror:
         (self.local / _RECORD).unlink(missing_ok=True)
 
     # -- during and after the run -----------------------------------------------------------------
-    def push(self) -> list[str]:
+    def push(self, strict: bool = True) -> list[str]:
         """Upload what changed since the last push (``latest`` last), then delete checkpoint folders
-        pruned locally from the URL. Returns the relative names uploaded."""
+        pruned locally from the URL. Returns the relative names uploaded.
+
+        Args:
+            strict: a failed upload raises; else it is a warning, nothing is recorded as uploaded,
+                and the next push tries again.
+        """
+        if strict:
+            return self._push()
+        try:
+            return self._push()
+        except (OSError, ValueError) as err:  # StorageError is a ValueError
+            warnings.warn(f"{storage.redact(self.url)}: upload failed, retried at the next checkpoint "
+                          f"({storage.redact(str(err))})", RuntimeWarning, stacklevel=2)
+            return []
+
+    def _push(self) -> list[str]:
         now, before = self._snapshot(), self._load_record()
         changed = sorted(rel for rel, sig in now.items() if before.get(rel) != sig)
         changed.sort(key=lambda rel: rel == "latest")  # stable: everything else first, in name order
