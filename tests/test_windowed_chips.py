@@ -206,6 +206,11 @@ def test_a_missing_asset_names_the_item_and_skip_bad_skips_its_chips(archive, st
         folder[first]
     msg = str(err.value)
     assert "s2_id S2A_new" in msg and "chip at y 0 x 0" in msg and f"{b05}: not found" in msg, msg
+    second = next(i for i, (r, _) in enumerate(folder.samples) if r == new and i != first)
+    before = len(s3.server.log)
+    with pytest.raises(ValueError, match=r"not found.*remembered for this scene's other chips"):
+        folder[second]
+    assert len(s3.server.log) == before  # no request: the scene's missing asset is remembered
     out = tmp_path / "set"
     argv = ["shards", "--data", str(tmp_path / "pairs"), "--layout", "pairs", "--out", str(out), *SHARDS]
     assert main(argv) != 0

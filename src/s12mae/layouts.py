@@ -185,6 +185,7 @@ class PairFolder(Sequence):
             table = self._read(storage.join(self.folder, name), need)
             self.rows += [(f"{name} row {r}", row) for r, row in enumerate(table.to_pylist())]
         self._listing_skips: list[tuple[str, str]] = []
+        self._bad_scenes: dict[int, str] = {}  # row -> a lasting asset error (404, 403) met by one chip
         self.samples = self._samples()
         self.skipped = list(self._listing_skips)
 
@@ -209,9 +210,17 @@ class PairFolder(Sequence):
 
     def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
         r, chip = self.samples[i]
+        if chip is not None and r in self._bad_scenes:  # one missing or refused asset: every chip of it fails
+            raise storage.StorageError(self._bad_scenes[r])
         row = self.rows[r][1]
         where = self._where(r)
-        return self._load_s2(row, where, chip) if self.s2_all else self._load_pair(row, where, chip)
+        try:
+            return self._load_s2(row, where, chip) if self.s2_all else self._load_pair(row, where, chip)
+        except storage.StorageError as err:
+            lasting = ": not found (" in str(err) or ": access denied (" in str(err)  # not throttling
+            if chip is not None and lasting:  # so a 10980 px scene's ~1,800 chips do not each ask again
+                self._bad_scenes[r] = f"{err} (remembered for this scene's other chips)"
+            raise
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.skipped = list(self._listing_skips)
@@ -363,6 +372,8 @@ class PairFolder(Sequence):
                              s2_offset=None if offset is None else int(offset))
         try:
             sample = reader[0]
+        except storage.StorageError as err:  # kept apart: a missing or refused asset fails the whole scene
+            raise storage.StorageError(f"{where}: {err}") from None
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
         recorded = ("s2_dn_offset", "s2_dn_rule", "s2_processing_baseline")
