@@ -23,6 +23,7 @@ ask for ``foreach=True``, take torch's own step unchanged (the slow norm is a CP
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -134,4 +135,4 @@ class Adafactor(torch.optim.Adafactor):
         # n + m square roots instead of n * m (a zero r_i gives a_i = inf, clamped like V_ij = 0)
         a = row_mean.div(row_var).sqrt_()
         b = col_var.rsqrt()
-        return torch.mul(a, b, out=sq).clamp_(max=1 / eps1).mul_(grad)
+        return torch.mul(a, b, out=sq).clamp_(max=1 / eps1 if eps1 else math.inf).mul_(grad)  # eps1=0: no floor
