@@ -260,32 +260,3 @@ def test_a_worker_whose_listing_differs_from_the_clients_refuses_to_read():
     assert len(batch) == 2
     with pytest.raises(ValueError, match=r"lists 4 sample\(s\) on this worker and 5 on the client"):
         parallel._read_task(data, "differs", 0, 2, GRID_CFG, False, 5)
-
-
-def _cancel_first_counts(client, monkeypatch):
-    """Make the scheduler's rare "lost dependencies" cancellation of a read's count happen: the
-    first count submitted is cancelled at once (its read is left alone)."""
-    real, cancelled = client.submit, []
-
-    def submit(func, *args, **kw):
-        fut = real(func, *args, **kw)
-        if func is parallel._count_task and not cancelled:
-            client.cancel([fut])
-            cancelled.append(fut.key)
-        return fut
-
-    monkeypatch.setattr(client, "submit", submit)
-    return cancelled
-
-
-def test_a_cancelled_count_is_counted_again_or_gives_the_reads_own_error(tmp_path, client, monkeypatch):
-    write_shards(scenes(6), tmp_path / "one", GRID_CFG)
-    cancelled = _cancel_first_counts(client, monkeypatch)
-    write_shards_distributed(scenes(6), tmp_path / "dask", GRID_CFG, client, progress=False)
-    assert cancelled and files(tmp_path / "dask") == files(tmp_path / "one")  # recounted: the same bytes
-    _wait_idle(client)
-    monkeypatch.undo()
-    _cancel_first_counts(client, monkeypatch)
-    with pytest.raises(RuntimeError, match="killed"):  # the failed read's error, not the cancellation
-        write_shards_distributed(CountsReads(scenes(6), tmp_path / "r.log", fail_at=0), tmp_path / "bad", GRID_CFG,
-                                 client, progress=False)

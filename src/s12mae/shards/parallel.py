@@ -234,7 +234,6 @@ class _Run:
         self.counted: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # arrived before their turn
         self.keys: dict[str, tuple[str, int]] = {}  # future key -> ("counts", first scene) or ("shard", number)
         self.writing: dict[int, Any] = {}  # shard -> its future
-        self.recounts: dict[int, int] = {}  # first scene of a read -> counts resubmitted (see _recount)
         self.run_id = uuid.uuid4().hex[:8]  # task keys unique per run: two runs on one client never collide
         self.bar = TaskBar(num_input - state["scene"], "scene", "writing shards", progress)
         self.written, self.t0 = 0, time.perf_counter()
@@ -251,8 +250,6 @@ class _Run:
             for fut in self.done:
                 kind, key = self.keys.pop(fut.key)
                 if kind == "counts":
-                    if fut.status == "cancelled" and self._recount(key):  # seen once on 2 loaded cores
-                        continue
                     self._take_counts(key, fut.result())  # raises a failed read's error
                 else:
                     self.writing.pop(key)
@@ -265,27 +262,6 @@ class _Run:
         finally:
             self.bar.close()
         return [self.entries[k] for k in range(len(self.entries))], self.counters
-
-    def _recount(self, first: int) -> bool:
-        """The count of the read from scene ``first`` was cancelled by the scheduler ("lost
-        dependencies"): raise the read's own error if it failed, else count it again (at most
-        twice; ``True``: submitted). No chip moves to the client either way."""
-        from distributed import wait
-
-        batch, _, end = self.reading[first]
-        wait([batch])
-        if batch.status == "error":
-            batch.result()  # raises the read's error, the one that matters
-        tries = self.recounts.get(first, 0)
-        if batch.status != "finished" or tries >= 2:
-            return False
-        self.recounts[first] = tries + 1
-        counts = self.client.submit(_count_task, batch, key=f"s12mae-count-{self.run_id}-{first}-{tries + 1}",
-                                    pure=False)
-        self.reading[first] = (batch, counts, end)
-        self.keys[counts.key] = ("counts", first)
-        self.done.add(counts)
-        return True
 
     def _submit_reads(self) -> None:
         """Submit batches of scenes while the window has room."""
