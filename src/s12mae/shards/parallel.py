@@ -391,7 +391,8 @@ def write_shards_distributed(source: Source, out: str | Path, cfg: ShardConfig, 
     atomic_write(out / PROGRESS, json_bytes(state))  # marks the folder as this run's: a rerun keeps its shards
     kept = {int(m.group(1)) for p in out.iterdir() if (m := SHARD_RE.match(p.name))} - set(range(len(state["shards"])))
     if not callable(source):
-        source = client.scatter(source, broadcast=True)
+        source = client.scatter(source, broadcast=True, hash=False)  # a fresh key: the same data scattered by an
+        # earlier run has the same content key, and that run releasing it would cancel this run's tasks
     entries, counters = _Run(client, source, token, out, cfg, num_input, skip_bad, progress, state, kept).run()
     if not entries:
         for name in (PROGRESS, PLAN):
